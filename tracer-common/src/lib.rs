@@ -1,0 +1,281 @@
+//! The contract between podtrace's kernel programs (`tracer-ebpf`) and user space (`tracer-user`).
+//!
+//! Every type here is `#[repr(C)]`, has explicit padding fields and no implicit holes, so that
+//! the bytes the kernel writes into a map are exactly the bytes user space reads back.
+#![no_std]
+
+/// Which side of an interface a TC program saw the packet on.
+pub mod hook {
+    pub const INGRESS: u8 = 0;
+    pub const EGRESS: u8 = 1;
+}
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// A flow's addresses and ports exactly as one packet carried them.
+///
+/// Addresses are in network byte order; IPv4 uses the first 4 bytes and leaves the rest zero.
+/// Ports are in host byte order. For ICMP echo both ports hold the echo identifier (so the
+/// request and its reply are mirror images of each other, like TCP/UDP); for other ICMP
+/// messages `sport` is the type and `dport` the code. Packets without ports (non-first
+/// fragments, other protocols) have both ports zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Tuple {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+impl Tuple {
+    /// The same flow seen from the other end.
+    pub const fn reversed(&self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            family: self.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Key of the per-hook flow table: one entry per (tuple, interface, hook).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub tuple: Tuple,
+    pub ifindex: u32,
+    pub hook: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-CPU counters of one flow at one hook. User space sums packets/bytes and takes the
+/// min of `first_ns` / max of `last_ns` over CPUs. Times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// OR of every TCP flag byte seen (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 ...).
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Where and when a sampled packet was seen, and with which tuple.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Sighting {
+    pub ts_ns: u64,
+    pub tuple: Tuple,
+    pub ifindex: u32,
+    pub hook: u8,
+    pub _pad: [u8; 3],
+}
+
+/// The same packet (same NAT-invariant signature) seen at two consecutive hooks.
+/// Differences between `from.tuple` and `to.tuple` are NAT done by the node in between.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HopEvent {
+    pub from: Sighting,
+    pub to: Sighting,
+}
+
+/// Key of the drop table: a packet of a traced flow freed by the kernel with a reason.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DropKey {
+    pub tuple: Tuple,
+    /// `enum skb_drop_reason` value; names come from the running kernel's BTF.
+    pub reason: u32,
+    /// ifindex of `skb->dev` when it was dropped (0 if none).
+    pub ifindex: u32,
+    /// Kernel text address that freed the packet; user space resolves it via /proc/kallsyms.
+    pub location: u64,
+}
+
+/// Per-drop-key counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DropStats {
+    pub count: u64,
+    pub last_ns: u64,
+}
+
+/// Byte offsets inside kernel structures, read from the running kernel's BTF at load time
+/// (Rust eBPF has no CO-RE relocations). A zero `valid` means the drop program must do nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KernelLayout {
+    pub valid: u32,
+    /// `struct sk_buff`
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_protocol: u32,
+    pub skb_dev: u32,
+    /// `struct net_device`
+    pub dev_ifindex: u32,
+    pub dev_nd_net: u32,
+    /// `struct net` -> `ns.inum`
+    pub net_ns_inum: u32,
+    /// `struct sock_common` (for TCP retransmissions)
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    /// inode number of the network namespace to watch (0 = all)
+    pub netns_inum: u32,
+    pub _pad: u32,
+}
+
+/// Indices into the global counter array. Every loss or oddity has its own counter so that
+/// nothing is dropped silently; user space prints all of them.
+pub mod counter {
+    /// Packets the TC programs saw.
+    pub const PACKETS: u32 = 0;
+    /// Packets recorded in the flow table (passed the address filter).
+    pub const TRACKED: u32 = 1;
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): counted, passed on, not tracked.
+    pub const NON_IP: u32 = 2;
+    /// Headers shorter than they claim or cut off (truncated Ethernet/IP/L4, IHL < 5, ...).
+    pub const MALFORMED: u32 = 3;
+    /// IPv4 fragments other than the first: tracked without ports.
+    pub const FRAGMENTS: u32 = 4;
+    /// IPv6 extension header chains longer than the parser's bound: tracked without ports.
+    pub const IPV6_EXT_LIMIT: u32 = 5;
+    /// IP packets of a protocol other than TCP/UDP/ICMP: tracked without ports.
+    pub const OTHER_L4: u32 = 6;
+    /// A new flow could not be recorded because the flow table is full.
+    pub const FLOW_MAP_FULL: u32 = 7;
+    /// A hop sample could not be sent because the ring buffer was full.
+    pub const RINGBUF_FULL: u32 = 8;
+    /// Sampled packets (latency/NAT correlation) taken.
+    pub const SAMPLES: u32 = 9;
+    /// Sampled packets whose sighting could not be stored.
+    pub const SAMPLES_DROPPED: u32 = 10;
+    /// Hop events emitted (a sampled packet seen at two consecutive hooks).
+    pub const HOP_EVENTS: u32 = 11;
+    /// Drops of traced packets recorded.
+    pub const DROPS: u32 = 12;
+    /// A drop could not be recorded because the drop table is full.
+    pub const DROP_MAP_FULL: u32 = 13;
+    /// TCP retransmissions of traced flows recorded.
+    pub const RETRANSMITS: u32 = 14;
+    /// VLAN-tagged packets (802.1Q / 802.1ad) seen.
+    pub const VLAN: u32 = 15;
+
+    pub const COUNT: u32 = 16;
+
+    /// Stable names used in the CLI summary, JSON and Prometheus metrics.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "packets",
+        "tracked",
+        "non_ip",
+        "malformed",
+        "fragments",
+        "ipv6_ext_limit",
+        "other_l4",
+        "flow_map_full",
+        "ringbuf_full",
+        "samples",
+        "samples_dropped",
+        "hop_events",
+        "drops",
+        "drop_map_full",
+        "retransmits",
+        "vlan",
+    ];
+}
+
+/// Names of the load-time globals in the kernel object (`EbpfLoader::override_global`).
+pub mod globals {
+    /// `u64`: a packet is sampled when `signature & SAMPLE_MASK == 0` (0 = every packet).
+    pub const SAMPLE_MASK: &str = "SAMPLE_MASK";
+    /// `u8`: non-zero tracks only packets whose source or destination is in the address filter.
+    pub const FILTER_ON: &str = "FILTER_ON";
+    /// `u64`: maximum age in ns of a sighting that can still be tied to a later hook.
+    pub const SIGHTING_MAX_AGE_NS: &str = "SIGHTING_MAX_AGE_NS";
+    /// `KernelLayout`: structure offsets for the tracepoint programs.
+    pub const LAYOUT: &str = "LAYOUT";
+}
+
+/// Names of the kernel objects, shared so user space never spells them twice.
+pub mod names {
+    pub const PROG_TC_INGRESS: &str = "podtrace_ingress";
+    pub const PROG_TC_EGRESS: &str = "podtrace_egress";
+    pub const PROG_DROP: &str = "podtrace_drop";
+    pub const PROG_RETRANSMIT: &str = "podtrace_retrans";
+    pub const MAP_FLOWS: &str = "FLOWS";
+    pub const MAP_SIGHTINGS: &str = "SIGHTINGS";
+    pub const MAP_HOPS: &str = "HOPS";
+    pub const MAP_COUNTERS: &str = "COUNTERS";
+    pub const MAP_ADDR_FILTER: &str = "ADDR_FILTER";
+    pub const MAP_DROPS: &str = "DROPS";
+    pub const MAP_LAYOUT: &str = "LAYOUT";
+    pub const MAP_RETRANS: &str = "RETRANS";
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, and have no implicit padding (explicit _pad fields).
+    unsafe impl aya::Pod for Tuple {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for Sighting {}
+    unsafe impl aya::Pod for HopEvent {}
+    unsafe impl aya::Pod for DropKey {}
+    unsafe impl aya::Pod for DropStats {}
+    unsafe impl aya::Pod for KernelLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<Tuple>(), 40);
+        assert_eq!(size_of::<FlowKey>(), 48);
+        assert_eq!(size_of::<FlowStats>(), 40);
+        assert_eq!(size_of::<Sighting>(), 56);
+        assert_eq!(size_of::<HopEvent>(), 112);
+        assert_eq!(size_of::<DropKey>(), 56);
+        assert_eq!(size_of::<KernelLayout>(), 18 * 4);
+    }
+
+    #[test]
+    fn reversed_twice_is_identity() {
+        let t = Tuple {
+            src: [1; 16],
+            dst: [2; 16],
+            sport: 3,
+            dport: 4,
+            proto: PROTO_TCP,
+            family: FAMILY_V6,
+            _pad: [0; 2],
+        };
+        assert_eq!(t.reversed().reversed(), t);
+        assert_eq!(t.reversed().sport, 4);
+    }
+}

@@ -1,0 +1,4 @@
+//! One module per kernel hook.
+pub mod drop;
+pub mod retransmit;
+pub mod tc;

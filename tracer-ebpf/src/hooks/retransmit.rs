@@ -1,0 +1,1 @@
+//! `tcp:tcp_retransmit_skb` (raw tracepoint): TCP retransmissions per flow.

@@ -1,0 +1,253 @@
+//! Bounded, read-only packet parsing shared by the TC programs and the drop tracepoint.
+//!
+//! Ethernet (+ up to two VLAN tags) → IPv4 (with options, fragments) / IPv6 (extension
+//! headers, bounded) → TCP / UDP / ICMP / ICMPv6. Every read goes through [`Reader`], which
+//! fails cleanly past the end of the packet, so truncated or lying headers end in an error
+//! counter, never in a bad read.
+use tracer_common::{
+    FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tuple, counter,
+};
+
+use crate::signature::mix;
+
+/// Byte-level access to a packet, starting at the given offset.
+pub trait Reader {
+    fn read<T: Copy>(&self, off: usize) -> Option<T>;
+    /// Copies `dst.len()` bytes at `off` straight into `dst` (no stack temporary).
+    fn read_into(&self, off: usize, dst: &mut [u8]) -> bool;
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+/// IPv6 extension headers followed before giving up (counted in `IPV6_EXT_LIMIT`).
+const MAX_IPV6_EXT: usize = 6;
+
+/// What the flow table needs from one packet besides its tuple (written in place).
+pub struct Parsed {
+    /// NAT-invariant signature of this packet, see `signature`.
+    pub sig: u64,
+    pub tcp_flags: u8,
+    /// Set when the packet was tracked without ports; names the counter to bump.
+    pub note: Option<u32>,
+}
+
+/// The outcome of parsing, `Err` holding the counter that explains why nothing was tracked.
+pub type ParseResult = Result<Parsed, u32>;
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+fn be32(b: [u8; 4]) -> u32 {
+    u32::from_be_bytes(b)
+}
+
+/// Parses from the Ethernet header at offset 0. Also reports whether a VLAN tag was present.
+#[inline(always)]
+pub fn parse_ethernet<R: Reader>(r: &R, t: &mut Tuple) -> (ParseResult, bool) {
+    let Some(mut proto) = r.read::<[u8; 2]>(12).map(be16) else {
+        return (Err(counter::MALFORMED), false);
+    };
+    let mut off = 14usize;
+    let mut vlan = false;
+    // 802.1Q or QinQ (802.1ad outer + 802.1Q inner): at most two tags.
+    for _ in 0..2 {
+        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
+            break;
+        }
+        vlan = true;
+        match r.read::<[u8; 2]>(off + 2) {
+            Some(b) => proto = be16(b),
+            None => return (Err(counter::MALFORMED), vlan),
+        }
+        off += 4;
+    }
+    (parse_l3(r, proto, off, t), vlan)
+}
+
+/// Parses from the network header at `off`, given the ethertype.
+#[inline(always)]
+pub fn parse_l3<R: Reader>(r: &R, ethertype: u16, off: usize, t: &mut Tuple) -> ParseResult {
+    match ethertype {
+        ETH_P_IP => parse_ipv4(r, off, t),
+        ETH_P_IPV6 => parse_ipv6(r, off, t),
+        _ => Err(counter::NON_IP),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
+    // version/ihl, tos, total length, id, flags/fragment offset, ttl, protocol, checksum
+    let h = r.read::<[u8; 12]>(off).ok_or(counter::MALFORMED)?;
+    if h[0] >> 4 != 4 {
+        return Err(counter::MALFORMED);
+    }
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    let total = be16([h[2], h[3]]) as usize;
+    if ihl < 20 || total < ihl {
+        return Err(counter::MALFORMED);
+    }
+    let id = be16([h[4], h[5]]);
+    let frag = be16([h[6], h[7]]);
+    let frag_offset = frag & 0x1fff;
+    let proto = h[9];
+    t.proto = proto;
+    t.family = FAMILY_V4;
+    if !r.read_into(off + 12, &mut t.src[..4]) || !r.read_into(off + 16, &mut t.dst[..4]) {
+        return Err(counter::MALFORMED);
+    }
+    let l4_len = total - ihl;
+    let sig = mix(
+        mix(
+            0x4,
+            ((id as u64) << 32) | ((frag as u64) << 16) | proto as u64,
+        ),
+        l4_len as u64,
+    );
+    if frag_offset != 0 {
+        // Not the first fragment: there is no L4 header to read ports from.
+        return Ok(Parsed {
+            sig,
+            tcp_flags: 0,
+            note: Some(counter::FRAGMENTS),
+        });
+    }
+    parse_l4(r, t, off + ihl, sig)
+}
+
+#[inline(always)]
+fn parse_ipv6<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
+    let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
+    if h[0] >> 4 != 6 {
+        return Err(counter::MALFORMED);
+    }
+    let flow_label = be32([h[0], h[1], h[2], h[3]]) & 0x000f_ffff;
+    let payload = be16([h[4], h[5]]) as usize;
+    let mut next = h[6];
+    t.family = FAMILY_V6;
+    if !r.read_into(off + 8, &mut t.src) || !r.read_into(off + 24, &mut t.dst) {
+        return Err(counter::MALFORMED);
+    }
+    let mut l4 = off + 40;
+    let end = l4 + payload;
+    let mut non_first_fragment = false;
+    let mut i = 0;
+    while i < MAX_IPV6_EXT {
+        match next {
+            // hop-by-hop, routing, destination options: length in 8-octet units after the first 8
+            0 | 43 | 60 => {
+                let e = r.read::<[u8; 2]>(l4).ok_or(counter::MALFORMED)?;
+                next = e[0];
+                l4 += (e[1] as usize + 1) * 8;
+            }
+            // fragment header: fixed 8 bytes
+            44 => {
+                let e = r.read::<[u8; 4]>(l4).ok_or(counter::MALFORMED)?;
+                next = e[0];
+                non_first_fragment = be16([e[2], e[3]]) >> 3 != 0;
+                l4 += 8;
+            }
+            // authentication header: length in 4-octet units, minus 2
+            51 => {
+                let e = r.read::<[u8; 2]>(l4).ok_or(counter::MALFORMED)?;
+                next = e[0];
+                l4 += (e[1] as usize + 2) * 4;
+            }
+            _ => break,
+        }
+        i += 1;
+    }
+    t.proto = next;
+    if l4 > end {
+        return Err(counter::MALFORMED);
+    }
+    let l4_len = end - l4;
+    let sig = mix(
+        mix(0x6, ((flow_label as u64) << 8) | next as u64),
+        l4_len as u64,
+    );
+    if matches!(next, 0 | 43 | 60 | 44 | 51) {
+        // Still inside the extension header chain after MAX_IPV6_EXT headers.
+        return Ok(Parsed {
+            sig,
+            tcp_flags: 0,
+            note: Some(counter::IPV6_EXT_LIMIT),
+        });
+    }
+    if non_first_fragment {
+        return Ok(Parsed {
+            sig,
+            tcp_flags: 0,
+            note: Some(counter::FRAGMENTS),
+        });
+    }
+    parse_l4(r, t, l4, sig)
+}
+
+#[inline(always)]
+fn parse_l4<R: Reader>(r: &R, t: &mut Tuple, off: usize, sig: u64) -> ParseResult {
+    match t.proto {
+        PROTO_TCP => {
+            // ports, seq, ack, data offset, flags, window
+            let h = r.read::<[u8; 16]>(off).ok_or(counter::MALFORMED)?;
+            t.sport = be16([h[0], h[1]]);
+            t.dport = be16([h[2], h[3]]);
+            let seq = be32([h[4], h[5], h[6], h[7]]) as u64;
+            let ack = be32([h[8], h[9], h[10], h[11]]) as u64;
+            let flags = h[13];
+            let window = be16([h[14], h[15]]) as u64;
+            let sig = mix(mix(sig, (seq << 32) | ack), (window << 8) | flags as u64);
+            Ok(Parsed {
+                sig,
+                tcp_flags: flags,
+                note: None,
+            })
+        }
+        PROTO_UDP => {
+            let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
+            t.sport = be16([h[0], h[1]]);
+            t.dport = be16([h[2], h[3]]);
+            // The first payload bytes only feed the hash; they never leave the kernel.
+            let head = r.read::<u64>(off + 8).unwrap_or(0);
+            Ok(Parsed {
+                sig: mix(sig, head),
+                tcp_flags: 0,
+                note: None,
+            })
+        }
+        PROTO_ICMP | PROTO_ICMPV6 => {
+            let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
+            let (ty, code) = (h[0], h[1]);
+            let echo = if t.proto == PROTO_ICMP {
+                ty == 8 || ty == 0
+            } else {
+                ty == 128 || ty == 129
+            };
+            let seq = be16([h[6], h[7]]) as u64;
+            if echo {
+                // NAT may rewrite the echo identifier, so only the sequence goes into the hash.
+                let id = be16([h[4], h[5]]);
+                t.sport = id;
+                t.dport = id;
+            } else {
+                t.sport = ty as u16;
+                t.dport = code as u16;
+            }
+            Ok(Parsed {
+                sig: mix(sig, (seq << 16) | ((ty as u64) << 8) | code as u64),
+                tcp_flags: 0,
+                note: None,
+            })
+        }
+        _ => Ok(Parsed {
+            sig,
+            tcp_flags: 0,
+            note: Some(counter::OTHER_L4),
+        }),
+    }
+}

@@ -1,0 +1,16 @@
+//! NAT-invariant packet signatures.
+//!
+//! SNAT/DNAT rewrite addresses, ports and checksums, but not the IPv4 ID, the IPv6 flow label,
+//! L4 length, TCP seq/ack/flags/window or the first payload bytes. Hashing those gives the same
+//! value for one packet at every hook of the node, so two sightings can be tied together, and a
+//! different value for (almost) every other packet. The hash also drives sampling: the same
+//! packet is sampled at every hook or at none.
+
+/// Mixes one 64-bit word into the running hash (splitmix64 finaliser).
+#[inline(always)]
+pub fn mix(h: u64, v: u64) -> u64 {
+    let mut z = h ^ v.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

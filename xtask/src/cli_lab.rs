@@ -1,0 +1,306 @@
+//! `cargo xtask lab ...`: bring the lab up and down, inspect it, run commands and traffic in it.
+use std::{net::SocketAddr, os::unix::process::CommandExt, process::Command};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Subcommand, ValueEnum};
+use xtask::lab::{self, EniNames, Etp, LabConfig, Plan, Saved, plan::NODE_PORT, traffic};
+
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// Build the lab (idempotent: an existing healthy lab is kept) and start its echo servers.
+    Up {
+        #[arg(long, default_value = "pt-")]
+        prefix: String,
+        /// externalTrafficPolicy of the NodePort service `web`.
+        #[arg(long, value_enum, default_value = "cluster")]
+        etp: Etp,
+        /// ENI naming scheme: eth (eth0, eth1) or ens (ens5, ens6 as on AL2023).
+        #[arg(long, value_enum, default_value = "eth")]
+        eni_names: EniNames,
+        /// Also give web-1 and db IPv6 addresses (2001:2::/48).
+        #[arg(long)]
+        ipv6: bool,
+    },
+    /// Remove every namespace, link and rule of the lab (also after a half-failed `up`).
+    Down {
+        #[arg(long, default_value = "pt-")]
+        prefix: String,
+    },
+    /// Namespaces, ENIs, pod IPs and which ENI owns which pod; VPC src/dst check drops.
+    Status {
+        #[arg(long, default_value = "pt-")]
+        prefix: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command inside a lab member's namespace: `lab exec node-a -- ip rule`.
+    Exec {
+        #[arg(long, default_value = "pt-")]
+        prefix: String,
+        /// node-a, node-b, web-1, ..., alb, db, inet or vpc.
+        member: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Generate traffic: `lab traffic --from alb --to web --via nodeport`.
+    Traffic {
+        #[arg(long, default_value = "pt-")]
+        prefix: String,
+        /// Lab member sending the traffic.
+        #[arg(long)]
+        from: String,
+        /// Destination: a member (pod, host, node) or a service, optionally `:port`.
+        #[arg(long)]
+        to: String,
+        /// For services: through a node's NodePort, the cluster IP, or straight to a pod IP.
+        #[arg(long, value_enum)]
+        via: Option<Via>,
+        /// Node whose NodePort is used with `--via nodeport`.
+        #[arg(long, default_value = "node-a")]
+        node: String,
+        #[arg(long, value_enum, default_value = "tcp")]
+        proto: Proto,
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+        /// Payload bytes per request.
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
+    /// (internal) Serve the echo servers of a lab until terminated; started by `up`.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        prefix: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    Nodeport,
+    Service,
+    PodIp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+pub fn run(cmd: LabCmd) -> Result<()> {
+    match cmd {
+        LabCmd::Up {
+            prefix,
+            etp,
+            eni_names,
+            ipv6,
+        } => {
+            let cfg = LabConfig {
+                prefix,
+                etp,
+                eni_names,
+                ipv6,
+                ..LabConfig::default()
+            };
+            up(&cfg)
+        }
+        LabCmd::Down { prefix } => {
+            lab::down(&prefix)?;
+            println!("lab {prefix:?} is down");
+            Ok(())
+        }
+        LabCmd::Status { prefix, json } => {
+            let st = lab::status(&prefix)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+            Ok(())
+        }
+        LabCmd::Exec {
+            prefix,
+            member,
+            cmd,
+        } => {
+            let plan = Plan::new(&Saved::load(&prefix)?.config());
+            let ns = plan
+                .netns_of(&member)
+                .ok_or_else(|| anyhow!("no lab member {member}"))?;
+            let err = Command::new("ip")
+                .args(["netns", "exec", &ns])
+                .args(&cmd)
+                .exec();
+            Err(anyhow!(err).context("exec"))
+        }
+        LabCmd::Traffic {
+            prefix,
+            from,
+            to,
+            via,
+            node,
+            proto,
+            count,
+            concurrency,
+            payload,
+        } => {
+            let plan = Plan::new(&Saved::load(&prefix)?.config());
+            let from_ns = plan
+                .netns_of(&from)
+                .ok_or_else(|| anyhow!("no lab member {from}"))?;
+            let targets = resolve(&plan, &to, via, &node)?;
+            for target in targets {
+                match proto {
+                    Proto::Tcp => {
+                        let st = traffic::tcp_load(&from_ns, target, count, concurrency, payload)?;
+                        println!(
+                            "{from} -> {to} ({target}): {} ok, {} failed, served by {:?}, client IP preserved {}",
+                            st.ok, st.failed, st.served_by, st.client_ip_preserved
+                        );
+                    }
+                    Proto::Udp => {
+                        let replies = traffic::udp_stream(&from_ns, target, count, payload, true)?;
+                        println!(
+                            "{from} -> {to} ({target}): {count} UDP datagrams, {replies} echoed"
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        LabCmd::Serve { prefix } => serve(&prefix),
+    }
+}
+
+fn up(cfg: &LabConfig) -> Result<()> {
+    if let Ok(st) = lab::status(&cfg.prefix) {
+        let same = Saved::load(&cfg.prefix)
+            .is_ok_and(|s| s.etp == cfg.etp && s.eni_names == cfg.eni_names && s.ipv6 == cfg.ipv6);
+        if st.up && same && server_alive(&cfg.prefix) {
+            println!("lab {:?} is already up", cfg.prefix);
+            return Ok(());
+        }
+    }
+    let plan = lab::build(cfg)?;
+    // The echo servers live in a detached daemon (this same binary) until `lab down`.
+    let exe = std::env::current_exe()?;
+    let child = unsafe {
+        Command::new(exe)
+            .args(["lab", "serve", "--prefix", &cfg.prefix])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            })
+            .spawn()
+            .context("starting the lab echo servers")?
+    };
+    std::fs::write(
+        lab::state_dir(&cfg.prefix).join("serve.pid"),
+        child.id().to_string(),
+    )?;
+    print_status(&lab::status(&plan.prefix)?);
+    Ok(())
+}
+
+fn server_alive(prefix: &str) -> bool {
+    std::fs::read_to_string(lab::state_dir(prefix).join("serve.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok())
+}
+
+fn serve(prefix: &str) -> Result<()> {
+    let plan = Plan::new(&Saved::load(prefix)?.config());
+    let _servers = lab::start_servers(&plan)?;
+    // Park until SIGTERM (default action ends the process; sockets close with it).
+    loop {
+        std::thread::park();
+    }
+}
+
+/// `member[:port]` or a service name → the addresses to send to.
+fn resolve(plan: &Plan, to: &str, via: Option<Via>, node: &str) -> Result<Vec<SocketAddr>> {
+    let (name, port) = match to.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p.parse::<u16>().context("port")?)),
+        None => (to, None),
+    };
+    if let Some(svc) = plan.service(name) {
+        let sp = &svc.ports[0];
+        return Ok(match via.unwrap_or(Via::Service) {
+            Via::Service => vec![SocketAddr::new(
+                svc.cluster_ip.into(),
+                port.unwrap_or(sp.port),
+            )],
+            Via::Nodeport => {
+                let n = plan.node(node).ok_or_else(|| anyhow!("no node {node}"))?;
+                vec![SocketAddr::new(
+                    n.primary_ip().into(),
+                    sp.node_port.unwrap_or(NODE_PORT),
+                )]
+            }
+            Via::PodIp => svc
+                .endpoints
+                .iter()
+                .filter_map(|e| plan.pod(e))
+                .map(|p| SocketAddr::new(p.ip.into(), sp.target_port))
+                .collect(),
+        });
+    }
+    if via == Some(Via::Nodeport) {
+        bail!("--via nodeport needs a service name (web)");
+    }
+    let ip = plan
+        .ip_of(name)
+        .ok_or_else(|| anyhow!("no lab member {name}"))?;
+    Ok(vec![SocketAddr::new(ip, port.unwrap_or(8080))])
+}
+
+fn print_status(st: &lab::Status) {
+    println!(
+        "lab {:?}: {} (externalTrafficPolicy {:?})",
+        st.prefix,
+        if st.up { "up" } else { "DOWN or partial" },
+        st.etp
+    );
+    for n in &st.plan.nodes {
+        println!("  {} (netns {})", n.name, n.netns);
+        for e in &n.enis {
+            let table = e
+                .table()
+                .map(|t| format!("table {t}"))
+                .unwrap_or_else(|| "main".into());
+            println!("    {:<5} {} {:<15} {}", e.name, e.mac, e.ip, table);
+            for p in st.plan.pods_on(&n.name).filter(|p| p.eni == e.name) {
+                println!("      pod {:<6} {:<15} veth {}", p.name, p.ip, p.veth);
+            }
+        }
+    }
+    for h in &st.plan.hosts {
+        println!("  {:<6} {}", h.name, h.ip);
+    }
+    for s in &st.plan.services {
+        let np = s
+            .ports
+            .iter()
+            .filter_map(|p| p.node_port)
+            .map(|p| format!(" nodePort {p}"))
+            .collect::<String>();
+        println!(
+            "  svc {:<4} {}:80{} -> {}",
+            s.name,
+            s.cluster_ip,
+            np,
+            s.endpoints.join(", ")
+        );
+    }
+    for (link, n) in &st.src_dst_check_drops {
+        if *n > 0 {
+            println!("  VPC src/dst check dropped {n} packets from {link}");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! The built-in EKS-node lab: a VPC router, two nodes with two ENIs each, pods, an ALB client,
+//! a VPC host and an internet host, all in network namespaces named `<prefix><member>`.
+//! Nothing outside those namespaces is touched.
+pub mod plan;
+pub mod podlist;
+pub mod render;
+pub mod servers;
+pub mod traffic;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+pub use plan::{EniNames, Etp, LabConfig, Plan};
+
+use crate::netns;
+
+/// Where a lab keeps its state (config, pods file, server daemon pid).
+pub fn state_dir(prefix: &str) -> PathBuf {
+    let safe: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    PathBuf::from("/run/podtrace-lab").join(if safe.is_empty() { "_".into() } else { safe })
+}
+
+/// What `lab up` persisted, enough to rebuild the plan for status/traffic/down.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Saved {
+    pub prefix: String,
+    pub etp: Etp,
+    pub eni_names: EniNames,
+    pub vpc: [u8; 2],
+    pub ipv6: bool,
+    /// Namespaces added after `up` (e.g. by tests creating pods); removed by `down`.
+    #[serde(default)]
+    pub extra_netns: Vec<String>,
+}
+
+impl Saved {
+    pub fn config(&self) -> LabConfig {
+        LabConfig {
+            prefix: self.prefix.clone(),
+            etp: self.etp,
+            eni_names: self.eni_names,
+            vpc: self.vpc,
+            ipv6: self.ipv6,
+        }
+    }
+
+    pub fn load(prefix: &str) -> Result<Saved> {
+        let path = state_dir(prefix).join("state.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("no lab with prefix {prefix:?} is up (cargo xtask lab up)"))?;
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))
+    }
+
+    fn store(&self) -> Result<()> {
+        let dir = state_dir(&self.prefix);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("state.json"), serde_json::to_string_pretty(self)?)?;
+        Ok(())
+    }
+}
+
+/// A running lab owned by this process: dropping it stops the servers and tears it down,
+/// also when a test panics.
+pub struct Lab {
+    pub plan: Plan,
+    servers: Option<servers::Servers>,
+}
+
+impl Lab {
+    /// Builds the lab (tearing down any leftover with the same prefix first) and starts the
+    /// echo servers in this process.
+    pub fn start(cfg: &LabConfig) -> Result<Lab> {
+        let plan = build(cfg)?;
+        let mut lab = Lab {
+            plan,
+            servers: None,
+        };
+        lab.servers = Some(start_servers(&lab.plan)?);
+        Ok(lab)
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.plan.prefix
+    }
+
+    /// Namespace of a lab member (node, pod, host or "vpc").
+    pub fn ns(&self, member: &str) -> String {
+        self.plan
+            .netns_of(member)
+            .unwrap_or_else(|| panic!("no lab member {member}"))
+    }
+
+    /// Address of a lab member (pod, host, node primary IP or service cluster IP) and port.
+    pub fn addr(&self, member: &str, port: u16) -> SocketAddr {
+        let ip: IpAddr = self
+            .plan
+            .ip_of(member)
+            .unwrap_or_else(|| panic!("no lab member {member}"));
+        SocketAddr::new(ip, port)
+    }
+
+    pub fn pods_file(&self) -> PathBuf {
+        state_dir(&self.plan.prefix).join("pods.json")
+    }
+
+    /// Records a namespace created outside the plan so that teardown removes it too.
+    pub fn adopt_netns(&self, ns: &str) -> Result<()> {
+        let mut saved = Saved::load(&self.plan.prefix)?;
+        saved.extra_netns.push(ns.to_string());
+        saved.store()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.servers.take() {
+            s.stop();
+        }
+        if let Err(e) = down(&self.plan.prefix) {
+            eprintln!("lab teardown: {e:#}");
+        }
+    }
+}
+
+/// Creates every namespace, link, address, route, rule and iptables rule of the plan.
+/// On failure, everything created so far is removed again.
+pub fn build(cfg: &LabConfig) -> Result<Plan> {
+    let plan = Plan::new(cfg);
+    down(&cfg.prefix)?;
+    let saved = Saved {
+        prefix: cfg.prefix.clone(),
+        etp: cfg.etp,
+        eni_names: cfg.eni_names,
+        vpc: cfg.vpc,
+        ipv6: cfg.ipv6,
+        extra_netns: Vec::new(),
+    };
+    saved.store()?;
+    let result = (|| -> Result<()> {
+        for ns in plan.namespaces() {
+            netns::add(&ns)?;
+        }
+        for c in render::all(&plan) {
+            // Sysctls that name an interface must wait until the link exists.
+            let (global, per_link): (Vec<_>, Vec<_>) =
+                c.sysctls.iter().cloned().partition(|(k, _)| {
+                    k.contains(".all.") || k.contains(".default.") || !k.contains(".conf.")
+                });
+            netns::sysctls(&c.netns, &global)?;
+            netns::ip_batch(&c.netns, &c.ip)?;
+            netns::sysctls(&c.netns, &per_link)?;
+            if let Some(rules) = &c.iptables {
+                netns::iptables_restore(&c.netns, rules, false)?;
+            }
+            if let Some(rules) = &c.ip6tables {
+                netns::iptables_restore(&c.netns, rules, true)?;
+            }
+        }
+        let pods = podlist::render(&plan);
+        std::fs::write(
+            state_dir(&cfg.prefix).join("pods.json"),
+            serde_json::to_string_pretty(&pods)?,
+        )?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = down(&cfg.prefix);
+        return Err(e.context(format!("building lab {:?} (rolled back)", cfg.prefix)));
+    }
+    Ok(plan)
+}
+
+/// Echo servers in every pod, the db host and the internet host.
+pub fn start_servers(plan: &Plan) -> Result<servers::Servers> {
+    let mut targets: Vec<(String, String)> = plan
+        .pods
+        .iter()
+        .map(|p| (p.name.clone(), p.netns.clone()))
+        .collect();
+    for h in plan.hosts.iter().filter(|h| h.name != "alb") {
+        targets.push((h.name.clone(), h.netns.clone()));
+    }
+    servers::start(&targets, &plan::SERVER_PORTS)
+}
+
+/// Removes everything a lab with this prefix created, also after a half-failed `up`.
+pub fn down(prefix: &str) -> Result<()> {
+    let dir = state_dir(prefix);
+    let extra = Saved::load(prefix)
+        .map(|s| s.extra_netns)
+        .unwrap_or_default();
+    if let Some(pid) = std::fs::read_to_string(dir.join("serve.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
+    }
+    // Namespace names do not depend on the other options.
+    let plan = Plan::new(&LabConfig {
+        prefix: prefix.to_string(),
+        ..LabConfig::default()
+    });
+    let mut errors = Vec::new();
+    for ns in plan.namespaces().into_iter().chain(extra) {
+        if let Err(e) = netns::del(&ns) {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if !errors.is_empty() {
+        bail!("lab down left namespaces behind: {}", errors.join("; "));
+    }
+    Ok(())
+}
+
+/// Live facts for `lab status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub prefix: String,
+    pub up: bool,
+    pub etp: Etp,
+    /// Every namespace of the lab and whether it exists.
+    pub namespaces: Vec<(String, bool)>,
+    pub plan: Plan,
+    /// Packets dropped by the VPC source/destination check, per VPC-side ENI link.
+    pub src_dst_check_drops: Vec<(String, u64)>,
+}
+
+pub fn status(prefix: &str) -> Result<Status> {
+    let saved = Saved::load(prefix)?;
+    let plan = Plan::new(&saved.config());
+    let namespaces: Vec<(String, bool)> = plan
+        .namespaces()
+        .into_iter()
+        .map(|n| {
+            let e = netns::exists(&n);
+            (n, e)
+        })
+        .collect();
+    let up = namespaces.iter().all(|(_, e)| *e);
+    let src_dst_check_drops = if up {
+        src_dst_drops(&plan)?
+    } else {
+        Vec::new()
+    };
+    Ok(Status {
+        prefix: prefix.into(),
+        up,
+        etp: saved.etp,
+        namespaces,
+        plan,
+        src_dst_check_drops,
+    })
+}
+
+/// Reads the DROP counters of the VPC source/destination check chain.
+pub fn src_dst_drops(plan: &Plan) -> Result<Vec<(String, u64)>> {
+    let out = netns::output(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &plan.vpc_netns,
+            "iptables-save",
+            "-c",
+            "-t",
+            "raw",
+        ],
+    )?;
+    let mut v = Vec::new();
+    for line in out
+        .lines()
+        .filter(|l| l.contains("-A VPC-SRC-DST-CHECK") && l.ends_with("-j DROP"))
+    {
+        // [packets:bytes] -A VPC-SRC-DST-CHECK -i <link> ...
+        let packets = line
+            .strip_prefix('[')
+            .and_then(|l| l.split(':').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        let link = line
+            .split_whitespace()
+            .skip_while(|w| *w != "-i")
+            .nth(1)
+            .unwrap_or("?");
+        v.push((link.to_string(), packets));
+    }
+    Ok(v)
+}

@@ -1,0 +1,73 @@
+//! `cargo xtask <command>`: setup, test, lab, demo, compare, bench.
+mod cli_lab;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "podtrace developer and user tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing needs (toolchain parts, bpf-linker, apt packages).
+    Setup,
+    /// Run setup, build everything and run every test (unit and end-to-end; needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The namespace lab: a two-node EKS datapath (see `cargo xtask lab --help`).
+    Lab {
+        #[command(subcommand)]
+        cmd: cli_lab::LabCmd,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { args } => {
+            setup::run()?;
+            test(&args)
+        }
+        Cmd::Lab { cmd } => cli_lab::run(cmd),
+    }
+}
+
+/// Runs cargo with the given arguments in the workspace; fails if it fails.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the end-to-end tests load eBPF programs and build network namespaces: run as root");
+    }
+    // The e2e tests run the podtrace binary: build it first.
+    cargo(&["build", "--bins"])?;
+    let mut args = vec!["test"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)
+}
