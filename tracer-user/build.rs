@@ -12,11 +12,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo::rerun-if-env-changed=RUSTUP_TOOLCHAIN");
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../tracer-ebpf");
     aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "tracer-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
+        [aya_build::Package { name: "tracer-ebpf", root_dir: root, ..Default::default() }],
         aya_build::Toolchain::Custom(&toolchain),
     )
 }

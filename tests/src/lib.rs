@@ -22,10 +22,7 @@ pub struct VethPair {
 impl VethPair {
     pub fn new(tag: &str) -> Result<VethPair> {
         let p = unique_prefix(tag);
-        let pair = VethPair {
-            a: format!("{p}a"),
-            b: format!("{p}b"),
-        };
+        let pair = VethPair { a: format!("{p}a"), b: format!("{p}b") };
         netns::add(&pair.a)?;
         netns::add(&pair.b)?;
         netns::ip_batch(
@@ -39,11 +36,7 @@ impl VethPair {
         )?;
         netns::ip_batch(
             &pair.b,
-            &[
-                "addr add 198.18.250.2/24 dev vb".into(),
-                "link set vb up".into(),
-                "link set lo up".into(),
-            ],
+            &["addr add 198.18.250.2/24 dev vb".into(), "link set vb up".into(), "link set lo up".into()],
         )?;
         Ok(pair)
     }

@@ -49,11 +49,7 @@ fn tc_program_counts_every_udp_packet_crossing_a_veth() -> Result<()> {
             .map(|(_, s)| s.packets)
             .sum::<u64>()
     };
-    assert_eq!(
-        seen(hook::EGRESS),
-        PACKETS as u64,
-        "packets seen leaving va"
-    );
+    assert_eq!(seen(hook::EGRESS), PACKETS as u64, "packets seen leaving va");
     assert_eq!(seen(hook::INGRESS), 0, "nothing of this flow enters va");
     let counters = maps::read_counters(&tracer.ebpf)?;
     assert!(counters[tracer_common::counter::PACKETS as usize] >= PACKETS as u64);

@@ -4,9 +4,7 @@
 //! headers, bounded) → TCP / UDP / ICMP / ICMPv6. Every read goes through [`Reader`], which
 //! fails cleanly past the end of the packet, so truncated or lying headers end in an error
 //! counter, never in a bad read.
-use tracer_common::{
-    FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tuple, counter,
-};
+use tracer_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tuple, counter};
 
 use crate::signature::mix;
 
@@ -102,20 +100,10 @@ fn parse_ipv4<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
         return Err(counter::MALFORMED);
     }
     let l4_len = total - ihl;
-    let sig = mix(
-        mix(
-            0x4,
-            ((id as u64) << 32) | ((frag as u64) << 16) | proto as u64,
-        ),
-        l4_len as u64,
-    );
+    let sig = mix(mix(0x4, ((id as u64) << 32) | ((frag as u64) << 16) | proto as u64), l4_len as u64);
     if frag_offset != 0 {
         // Not the first fragment: there is no L4 header to read ports from.
-        return Ok(Parsed {
-            sig,
-            tcp_flags: 0,
-            note: Some(counter::FRAGMENTS),
-        });
+        return Ok(Parsed { sig, tcp_flags: 0, note: Some(counter::FRAGMENTS) });
     }
     parse_l4(r, t, off + ihl, sig)
 }
@@ -167,24 +155,13 @@ fn parse_ipv6<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
         return Err(counter::MALFORMED);
     }
     let l4_len = end - l4;
-    let sig = mix(
-        mix(0x6, ((flow_label as u64) << 8) | next as u64),
-        l4_len as u64,
-    );
+    let sig = mix(mix(0x6, ((flow_label as u64) << 8) | next as u64), l4_len as u64);
     if matches!(next, 0 | 43 | 60 | 44 | 51) {
         // Still inside the extension header chain after MAX_IPV6_EXT headers.
-        return Ok(Parsed {
-            sig,
-            tcp_flags: 0,
-            note: Some(counter::IPV6_EXT_LIMIT),
-        });
+        return Ok(Parsed { sig, tcp_flags: 0, note: Some(counter::IPV6_EXT_LIMIT) });
     }
     if non_first_fragment {
-        return Ok(Parsed {
-            sig,
-            tcp_flags: 0,
-            note: Some(counter::FRAGMENTS),
-        });
+        return Ok(Parsed { sig, tcp_flags: 0, note: Some(counter::FRAGMENTS) });
     }
     parse_l4(r, t, l4, sig)
 }
@@ -202,11 +179,7 @@ fn parse_l4<R: Reader>(r: &R, t: &mut Tuple, off: usize, sig: u64) -> ParseResul
             let flags = h[13];
             let window = be16([h[14], h[15]]) as u64;
             let sig = mix(mix(sig, (seq << 32) | ack), (window << 8) | flags as u64);
-            Ok(Parsed {
-                sig,
-                tcp_flags: flags,
-                note: None,
-            })
+            Ok(Parsed { sig, tcp_flags: flags, note: None })
         }
         PROTO_UDP => {
             let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
@@ -214,20 +187,12 @@ fn parse_l4<R: Reader>(r: &R, t: &mut Tuple, off: usize, sig: u64) -> ParseResul
             t.dport = be16([h[2], h[3]]);
             // The first payload bytes only feed the hash; they never leave the kernel.
             let head = r.read::<u64>(off + 8).unwrap_or(0);
-            Ok(Parsed {
-                sig: mix(sig, head),
-                tcp_flags: 0,
-                note: None,
-            })
+            Ok(Parsed { sig: mix(sig, head), tcp_flags: 0, note: None })
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
             let (ty, code) = (h[0], h[1]);
-            let echo = if t.proto == PROTO_ICMP {
-                ty == 8 || ty == 0
-            } else {
-                ty == 128 || ty == 129
-            };
+            let echo = if t.proto == PROTO_ICMP { ty == 8 || ty == 0 } else { ty == 128 || ty == 129 };
             let seq = be16([h[6], h[7]]) as u64;
             if echo {
                 // NAT may rewrite the echo identifier, so only the sequence goes into the hash.
@@ -244,10 +209,6 @@ fn parse_l4<R: Reader>(r: &R, t: &mut Tuple, off: usize, sig: u64) -> ParseResul
                 note: None,
             })
         }
-        _ => Ok(Parsed {
-            sig,
-            tcp_flags: 0,
-            note: Some(counter::OTHER_L4),
-        }),
+        _ => Ok(Parsed { sig, tcp_flags: 0, note: Some(counter::OTHER_L4) }),
     }
 }

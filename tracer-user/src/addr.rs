@@ -37,11 +37,7 @@ pub fn tuple(proto: u8, src: SocketAddr, dst: SocketAddr) -> Tuple {
         sport: src.port(),
         dport: dst.port(),
         proto,
-        family: if src.is_ipv4() {
-            FAMILY_V4
-        } else {
-            tracer_common::FAMILY_V6
-        },
+        family: if src.is_ipv4() { FAMILY_V4 } else { tracer_common::FAMILY_V6 },
         _pad: [0; 2],
     }
 }

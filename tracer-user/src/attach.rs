@@ -77,11 +77,7 @@ impl Tracer {
                 .load()
                 .with_context(|| format!("loading {name} into the kernel (verifier)"))?;
         }
-        Ok(Tracer {
-            ebpf,
-            mode,
-            attached: BTreeMap::new(),
-        })
+        Ok(Tracer { ebpf, mode, attached: BTreeMap::new() })
     }
 
     /// Attaches ingress and egress programs to the interface. Attaching twice is a no-op.
@@ -104,12 +100,7 @@ impl Tracer {
         };
         match (ingress, egress) {
             (Ok(ingress), Ok(egress)) => {
-                let a = Attached {
-                    ifname: ifname.to_string(),
-                    ingress,
-                    egress,
-                    created_clsact,
-                };
+                let a = Attached { ifname: ifname.to_string(), ingress, egress, created_clsact };
                 self.attached.insert(ifindex, a);
                 Ok(())
             }
@@ -136,14 +127,8 @@ impl Tracer {
         let name = prog_name(direction);
         let prog = classifier(&mut self.ebpf, name)?;
         let how = match mode {
-            AttachMode::Tc => TcAttach::Netlink {
-                parent: direction.into(),
-                options: NlOptions::default(),
-            },
-            _ => TcAttach::Tcx {
-                attach_type: direction,
-                order: LinkOrder::first(),
-            },
+            AttachMode::Tc => TcAttach::Netlink { parent: direction.into(), options: NlOptions::default() },
+            _ => TcAttach::Tcx { attach_type: direction, order: LinkOrder::first() },
         };
         prog.attach(ifindex, how)
             .map_err(|e| anyhow!(e))
@@ -165,9 +150,7 @@ impl Tracer {
         match (r1, r2) {
             (Ok(()), Ok(())) => Ok(()),
             _ if gone => Ok(()),
-            (Err(e), _) | (_, Err(e)) => {
-                Err(anyhow!(e).context(format!("detaching from {}", a.ifname)))
-            }
+            (Err(e), _) | (_, Err(e)) => Err(anyhow!(e).context(format!("detaching from {}", a.ifname))),
         }
     }
 

@@ -21,12 +21,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions {
-            sample_mask: 0xf,
-            filter: false,
-            max_flows: 65536,
-            layout: None,
-        }
+        LoadOptions { sample_mask: 0xf, filter: false, max_flows: 65536, layout: None }
     }
 }
 

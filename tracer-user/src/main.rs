@@ -1,12 +1,85 @@
 //! The `podtrace` binary: a thin CLI over the podtrace library.
-use clap::Parser;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use podtrace::trace::{self, TraceArgs};
 
 /// Shows, for every flow of a Kubernetes pod, the path its packets take through this node:
 /// pod veth -> which ENI -> out, and where SNAT/DNAT rewrote them.
+///
+/// `podtrace --pod web-1` is short for `podtrace trace --pod web-1`.
+/// Needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN.
 #[derive(Parser)]
-#[command(name = "podtrace", version, about, long_about = None)]
-struct Cli {}
+#[command(name = "podtrace", version, about, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    trace: TraceArgs,
+    /// Log details to stderr (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+}
 
-fn main() {
-    let _cli = Cli::parse();
+#[derive(Subcommand)]
+enum Cmd {
+    /// Trace the flows of pods on this node (the default command).
+    Trace(TraceArgs),
+}
+
+/// Clap's multi-line usage errors folded into one line.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:"))
+        .collect();
+    lines.join(" ")
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("{}", one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    env_logger::Builder::new().filter_level(level).format_target(false).init();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.cmd {
+            Some(Cmd::Trace(args)) => trace::run(args).await,
+            None => trace::run(cli.trace).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined, never a backtrace.
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -10,9 +10,7 @@ use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, Tuple, counter, name
 pub type Counters = [u64; counter::COUNT as usize];
 
 fn per_cpu_flows(ebpf: &Ebpf) -> Result<PerCpuHashMap<&MapData, FlowKey, FlowStats>> {
-    let map = ebpf
-        .map(names::MAP_FLOWS)
-        .ok_or_else(|| anyhow!("FLOWS map missing"))?;
+    let map = ebpf.map(names::MAP_FLOWS).ok_or_else(|| anyhow!("FLOWS map missing"))?;
     PerCpuHashMap::try_from(map).context("FLOWS map")
 }
 
@@ -24,11 +22,7 @@ pub fn merge(values: &[FlowStats]) -> FlowStats {
         out.bytes += v.bytes;
         out.tcp_flags |= v.tcp_flags;
         out.last_ns = out.last_ns.max(v.last_ns);
-        out.first_ns = if out.first_ns == 0 {
-            v.first_ns
-        } else {
-            out.first_ns.min(v.first_ns)
-        };
+        out.first_ns = if out.first_ns == 0 { v.first_ns } else { out.first_ns.min(v.first_ns) };
     }
     out
 }
@@ -59,9 +53,7 @@ pub fn flow_table_fill(ebpf: &Ebpf) -> Result<(usize, u32)> {
 
 /// Removes entries from the flow table (idle expiry).
 pub fn delete_flows(ebpf: &mut Ebpf, keys: &[FlowKey]) -> Result<()> {
-    let map = ebpf
-        .map_mut(names::MAP_FLOWS)
-        .ok_or_else(|| anyhow!("FLOWS map missing"))?;
+    let map = ebpf.map_mut(names::MAP_FLOWS).ok_or_else(|| anyhow!("FLOWS map missing"))?;
     let mut map: PerCpuHashMap<&mut MapData, FlowKey, FlowStats> = PerCpuHashMap::try_from(map)?;
     for k in keys {
         let _ = map.remove(k);
@@ -70,9 +62,7 @@ pub fn delete_flows(ebpf: &mut Ebpf, keys: &[FlowKey]) -> Result<()> {
 }
 
 pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
-    let map = ebpf
-        .map(names::MAP_COUNTERS)
-        .ok_or_else(|| anyhow!("COUNTERS map missing"))?;
+    let map = ebpf.map(names::MAP_COUNTERS).ok_or_else(|| anyhow!("COUNTERS map missing"))?;
     let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
     let mut out = [0u64; counter::COUNT as usize];
     for (i, slot) in out.iter_mut().enumerate() {
@@ -82,38 +72,29 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
 }
 
 pub fn read_drops(ebpf: &Ebpf) -> Result<Vec<(DropKey, DropStats)>> {
-    let map = ebpf
-        .map(names::MAP_DROPS)
-        .ok_or_else(|| anyhow!("DROPS map missing"))?;
+    let map = ebpf.map(names::MAP_DROPS).ok_or_else(|| anyhow!("DROPS map missing"))?;
     let map: HashMap<&MapData, DropKey, DropStats> = HashMap::try_from(map)?;
     Ok(map.iter().flatten().collect())
 }
 
 pub fn read_retransmits(ebpf: &Ebpf) -> Result<Vec<(Tuple, u64)>> {
-    let map = ebpf
-        .map(names::MAP_RETRANS)
-        .ok_or_else(|| anyhow!("RETRANS map missing"))?;
+    let map = ebpf.map(names::MAP_RETRANS).ok_or_else(|| anyhow!("RETRANS map missing"))?;
     let map: HashMap<&MapData, Tuple, u64> = HashMap::try_from(map)?;
     Ok(map.iter().flatten().collect())
 }
 
 /// Writes the address filter (traced pod IPs and node addresses).
 pub fn set_addr_filter(ebpf: &mut Ebpf, addrs: &[std::net::IpAddr]) -> Result<()> {
-    let map = ebpf
-        .map_mut(names::MAP_ADDR_FILTER)
-        .ok_or_else(|| anyhow!("ADDR_FILTER missing"))?;
+    let map = ebpf.map_mut(names::MAP_ADDR_FILTER).ok_or_else(|| anyhow!("ADDR_FILTER missing"))?;
     let mut map: HashMap<&mut MapData, [u8; 16], u8> = HashMap::try_from(map)?;
     for a in addrs {
-        map.insert(&crate::addr::to_key(*a), &1, 0)
-            .context("writing the address filter")?;
+        map.insert(&crate::addr::to_key(*a), &1, 0).context("writing the address filter")?;
     }
     Ok(())
 }
 
 /// The hop-event ring buffer, taken out of the object so it can be polled on its own.
 pub fn take_hops(ebpf: &mut Ebpf) -> Result<RingBuf<aya::maps::MapData>> {
-    let map = ebpf
-        .take_map(names::MAP_HOPS)
-        .ok_or_else(|| anyhow!("HOPS map missing"))?;
+    let map = ebpf.take_map(names::MAP_HOPS).ok_or_else(|| anyhow!("HOPS map missing"))?;
     RingBuf::try_from(map).context("HOPS ring buffer")
 }

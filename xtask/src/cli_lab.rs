@@ -91,19 +91,8 @@ pub enum Proto {
 
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up {
-            prefix,
-            etp,
-            eni_names,
-            ipv6,
-        } => {
-            let cfg = LabConfig {
-                prefix,
-                etp,
-                eni_names,
-                ipv6,
-                ..LabConfig::default()
-            };
+        LabCmd::Up { prefix, etp, eni_names, ipv6 } => {
+            let cfg = LabConfig { prefix, etp, eni_names, ipv6, ..LabConfig::default() };
             up(&cfg)
         }
         LabCmd::Down { prefix } => {
@@ -120,36 +109,15 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             }
             Ok(())
         }
-        LabCmd::Exec {
-            prefix,
-            member,
-            cmd,
-        } => {
+        LabCmd::Exec { prefix, member, cmd } => {
             let plan = Plan::new(&Saved::load(&prefix)?.config());
-            let ns = plan
-                .netns_of(&member)
-                .ok_or_else(|| anyhow!("no lab member {member}"))?;
-            let err = Command::new("ip")
-                .args(["netns", "exec", &ns])
-                .args(&cmd)
-                .exec();
+            let ns = plan.netns_of(&member).ok_or_else(|| anyhow!("no lab member {member}"))?;
+            let err = Command::new("ip").args(["netns", "exec", &ns]).args(&cmd).exec();
             Err(anyhow!(err).context("exec"))
         }
-        LabCmd::Traffic {
-            prefix,
-            from,
-            to,
-            via,
-            node,
-            proto,
-            count,
-            concurrency,
-            payload,
-        } => {
+        LabCmd::Traffic { prefix, from, to, via, node, proto, count, concurrency, payload } => {
             let plan = Plan::new(&Saved::load(&prefix)?.config());
-            let from_ns = plan
-                .netns_of(&from)
-                .ok_or_else(|| anyhow!("no lab member {from}"))?;
+            let from_ns = plan.netns_of(&from).ok_or_else(|| anyhow!("no lab member {from}"))?;
             let targets = resolve(&plan, &to, via, &node)?;
             for target in targets {
                 match proto {
@@ -162,9 +130,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
                     }
                     Proto::Udp => {
                         let replies = traffic::udp_stream(&from_ns, target, count, payload, true)?;
-                        println!(
-                            "{from} -> {to} ({target}): {count} UDP datagrams, {replies} echoed"
-                        );
+                        println!("{from} -> {to} ({target}): {count} UDP datagrams, {replies} echoed");
                     }
                 }
             }
@@ -199,10 +165,7 @@ fn up(cfg: &LabConfig) -> Result<()> {
             .spawn()
             .context("starting the lab echo servers")?
     };
-    std::fs::write(
-        lab::state_dir(&cfg.prefix).join("serve.pid"),
-        child.id().to_string(),
-    )?;
+    std::fs::write(lab::state_dir(&cfg.prefix).join("serve.pid"), child.id().to_string())?;
     print_status(&lab::status(&plan.prefix)?);
     Ok(())
 }
@@ -232,16 +195,10 @@ fn resolve(plan: &Plan, to: &str, via: Option<Via>, node: &str) -> Result<Vec<So
     if let Some(svc) = plan.service(name) {
         let sp = &svc.ports[0];
         return Ok(match via.unwrap_or(Via::Service) {
-            Via::Service => vec![SocketAddr::new(
-                svc.cluster_ip.into(),
-                port.unwrap_or(sp.port),
-            )],
+            Via::Service => vec![SocketAddr::new(svc.cluster_ip.into(), port.unwrap_or(sp.port))],
             Via::Nodeport => {
                 let n = plan.node(node).ok_or_else(|| anyhow!("no node {node}"))?;
-                vec![SocketAddr::new(
-                    n.primary_ip().into(),
-                    sp.node_port.unwrap_or(NODE_PORT),
-                )]
+                vec![SocketAddr::new(n.primary_ip().into(), sp.node_port.unwrap_or(NODE_PORT))]
             }
             Via::PodIp => svc
                 .endpoints
@@ -254,9 +211,7 @@ fn resolve(plan: &Plan, to: &str, via: Option<Via>, node: &str) -> Result<Vec<So
     if via == Some(Via::Nodeport) {
         bail!("--via nodeport needs a service name (web)");
     }
-    let ip = plan
-        .ip_of(name)
-        .ok_or_else(|| anyhow!("no lab member {name}"))?;
+    let ip = plan.ip_of(name).ok_or_else(|| anyhow!("no lab member {name}"))?;
     Ok(vec![SocketAddr::new(ip, port.unwrap_or(8080))])
 }
 
@@ -270,10 +225,7 @@ fn print_status(st: &lab::Status) {
     for n in &st.plan.nodes {
         println!("  {} (netns {})", n.name, n.netns);
         for e in &n.enis {
-            let table = e
-                .table()
-                .map(|t| format!("table {t}"))
-                .unwrap_or_else(|| "main".into());
+            let table = e.table().map(|t| format!("table {t}")).unwrap_or_else(|| "main".into());
             println!("    {:<5} {} {:<15} {}", e.name, e.mac, e.ip, table);
             for p in st.plan.pods_on(&n.name).filter(|p| p.eni == e.name) {
                 println!("      pod {:<6} {:<15} veth {}", p.name, p.ip, p.veth);
@@ -284,19 +236,9 @@ fn print_status(st: &lab::Status) {
         println!("  {:<6} {}", h.name, h.ip);
     }
     for s in &st.plan.services {
-        let np = s
-            .ports
-            .iter()
-            .filter_map(|p| p.node_port)
-            .map(|p| format!(" nodePort {p}"))
-            .collect::<String>();
-        println!(
-            "  svc {:<4} {}:80{} -> {}",
-            s.name,
-            s.cluster_ip,
-            np,
-            s.endpoints.join(", ")
-        );
+        let np =
+            s.ports.iter().filter_map(|p| p.node_port).map(|p| format!(" nodePort {p}")).collect::<String>();
+        println!("  svc {:<4} {}:80{} -> {}", s.name, s.cluster_ip, np, s.endpoints.join(", "));
     }
     for (link, n) in &st.src_dst_check_drops {
         if *n > 0 {

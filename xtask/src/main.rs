@@ -51,10 +51,7 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Runs cargo with the given arguments in the workspace; fails if it fails.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .status()
-        .context("running cargo")?;
+    let status = Command::new(env!("CARGO")).args(args).status().context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }

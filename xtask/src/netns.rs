@@ -19,11 +19,7 @@ pub fn exists(name: &str) -> bool {
 /// Names of all named namespaces.
 pub fn list() -> Vec<String> {
     std::fs::read_dir(NETNS_DIR)
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -72,11 +68,7 @@ pub fn output(cmd: &str, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running {cmd} (is it installed? try `cargo xtask setup`)"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -90,18 +82,10 @@ pub fn run_with_input(cmd: &str, args: &[&str], input: &str) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("running {cmd}"))?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(input.as_bytes())?;
+    child.stdin.take().expect("piped stdin").write_all(input.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "{cmd} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -117,11 +101,7 @@ pub fn ip_batch(ns: &str, lines: &[String]) -> Result<()> {
 
 /// Loads an iptables-restore ruleset into a namespace (v6 = ip6tables).
 pub fn iptables_restore(ns: &str, rules: &str, v6: bool) -> Result<()> {
-    let tool = if v6 {
-        "ip6tables-restore"
-    } else {
-        "iptables-restore"
-    };
+    let tool = if v6 { "ip6tables-restore" } else { "iptables-restore" };
     run_with_input("ip", &["netns", "exec", ns, tool], rules)
         .with_context(|| format!("loading {tool} rules into {ns}"))
 }

@@ -34,19 +34,13 @@ pub fn run() -> Result<()> {
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(bin))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(bin)).find(|p| p.is_file()))
 }
 
 fn apt_packages() -> Result<()> {
-    let mut missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(bin, _)| which(bin).is_none())
-        .map(|(_, pkg)| *pkg)
-        .collect();
+    let mut missing: Vec<&str> =
+        PACKAGES.iter().filter(|(bin, _)| which(bin).is_none()).map(|(_, pkg)| *pkg).collect();
     missing.dedup();
     if missing.is_empty() {
         println!("setup: system packages present");
@@ -60,10 +54,7 @@ fn apt_packages() -> Result<()> {
         );
     }
     println!("setup: installing {}", missing.join(" "));
-    let status = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .status()
-        .context("apt-get update")?;
+    let status = Command::new("apt-get").args(["update", "-qq"]).status().context("apt-get update")?;
     if !status.success() {
         bail!("apt-get update failed");
     }
@@ -80,10 +71,7 @@ fn apt_packages() -> Result<()> {
 }
 
 fn rustc_output(args: &[&str]) -> Result<String> {
-    let out = Command::new("rustc")
-        .args(args)
-        .output()
-        .context("running rustc")?;
+    let out = Command::new("rustc").args(args).output().context("running rustc")?;
     if !out.status.success() {
         bail!("rustc {} failed", args.join(" "));
     }
@@ -96,9 +84,7 @@ fn rust_src() -> Result<()> {
         return Ok(());
     }
     println!("setup: adding rust-src");
-    let status = Command::new("rustup")
-        .args(["component", "add", "rust-src"])
-        .status()?;
+    let status = Command::new("rustup").args(["component", "add", "rust-src"]).status()?;
     if !status.success() {
         bail!("rustup component add rust-src failed");
     }
@@ -110,22 +96,14 @@ fn toolchain_llvm(sysroot: &Path) -> Result<PathBuf> {
     std::fs::read_dir(sysroot.join("lib"))?
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM.so."))
-        })
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
         .with_context(|| format!("no libLLVM.so.* in {}/lib", sysroot.display()))
 }
 
 fn bpf_linker() -> Result<()> {
     let sysroot = PathBuf::from(rustc_output(&["--print", "sysroot"])?);
     let llvm = toolchain_llvm(&sysroot)?;
-    let soname = llvm
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default()
-        .to_string();
+    let soname = llvm.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
     let major = rustc_output(&["-vV"])?
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
@@ -139,10 +117,7 @@ fn bpf_linker() -> Result<()> {
             println!("setup: bpf-linker matches LLVM {major} ({soname})");
             return Ok(());
         }
-        println!(
-            "setup: {} links another LLVM; rebuilding",
-            installed.display()
-        );
+        println!("setup: {} links another LLVM; rebuilding", installed.display());
     }
     let prefix = std::env::temp_dir().join(format!("podtrace-llvm-{major}"));
     std::fs::create_dir_all(prefix.join("lib"))?;
@@ -151,19 +126,8 @@ fn bpf_linker() -> Result<()> {
     std::os::unix::fs::symlink(&llvm, &link)?;
     println!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {major} (about 80 s)");
     let status = Command::new("cargo")
-        .args([
-            "install",
-            "bpf-linker",
-            "--locked",
-            "--force",
-            "--version",
-            BPF_LINKER_VERSION,
-        ])
-        .args([
-            "--no-default-features",
-            "--features",
-            &format!("llvm-{major}"),
-        ])
+        .args(["install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
         .env("LLVM_PREFIX", &prefix)
         .status()
         .context("cargo install bpf-linker")?;

@@ -34,12 +34,7 @@ impl Reader for Skb<'_> {
         // Direct helper call with a constant length: aya's load_bytes clamps the length to
         // the packet, which the verifier sees as a possibly zero-sized read.
         let ret = unsafe {
-            bpf_skb_load_bytes(
-                self.0.as_ptr(),
-                off as u32,
-                dst.as_mut_ptr().cast(),
-                dst.len() as u32,
-            )
+            bpf_skb_load_bytes(self.0.as_ptr(), off as u32, dst.as_mut_ptr().cast(), dst.len() as u32)
         };
         ret == 0
     }
@@ -127,17 +122,10 @@ fn observe(ctx: &TcContext, hook: u8) {
 #[inline(always)]
 fn sample(sig: u64, now: u64, key: &FlowKey) {
     count(counter::SAMPLES);
-    let here = Sighting {
-        ts_ns: now,
-        tuple: key.tuple,
-        ifindex: key.ifindex,
-        hook: key.hook,
-        _pad: [0; 3],
-    };
+    let here = Sighting { ts_ns: now, tuple: key.tuple, ifindex: key.ifindex, hook: key.hook, _pad: [0; 3] };
     if let Some(prev) = SIGHTINGS.get_ptr(&sig) {
         // Compare through the map pointer; copy straight into the ring buffer record.
-        let (prev_ifindex, prev_hook, prev_ts) =
-            unsafe { ((*prev).ifindex, (*prev).hook, (*prev).ts_ns) };
+        let (prev_ifindex, prev_hook, prev_ts) = unsafe { ((*prev).ifindex, (*prev).hook, (*prev).ts_ns) };
         let elsewhere = prev_ifindex != key.ifindex || prev_hook != key.hook;
         if elsewhere && now.wrapping_sub(prev_ts) < globals::sighting_max_age_ns() {
             match HOPS.reserve::<HopEvent>(0) {

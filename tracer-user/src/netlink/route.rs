@@ -115,11 +115,7 @@ pub fn addresses() -> Result<Vec<Addr>> {
             }
         }
         if let Some(addr) = addr {
-            out.push(Addr {
-                index: a.header.index,
-                addr,
-                prefix: a.header.prefix_len,
-            });
+            out.push(Addr { index: a.header.index, addr, prefix: a.header.prefix_len });
         }
     }
     Ok(out)

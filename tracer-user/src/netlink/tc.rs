@@ -9,10 +9,7 @@ use netlink_packet_route::{
 use super::{dump, request};
 
 /// clsact's handle (ffff:0) and the ingress/egress parents below it.
-const CLSACT: TcHandle = TcHandle {
-    major: 0xffff,
-    minor: 0,
-};
+const CLSACT: TcHandle = TcHandle { major: 0xffff, minor: 0 };
 pub const PARENT_INGRESS: u32 = 0xffff_fff2;
 pub const PARENT_EGRESS: u32 = 0xffff_fff3;
 
@@ -27,6 +24,8 @@ pub struct BpfFilter {
     pub handle: u32,
     /// The BPF program's name as the loader gave it (TCA_BPF_NAME).
     pub name: String,
+    /// The kernel id of the attached program (TCA_BPF_ID).
+    pub prog_id: Option<u32>,
 }
 
 /// BPF filters on the ingress and egress parents of one interface.
@@ -48,17 +47,24 @@ pub fn bpf_filters(ifindex: u32) -> Result<Vec<BpfFilter>> {
                 let TcAttribute::Options(opts) = a else {
                     continue;
                 };
+                let (mut name, mut prog_id) = (None, None);
                 for o in opts {
-                    if let TcOption::Bpf(TcFilterBpfOption::ProgName(name)) = o {
-                        out.push(BpfFilter {
-                            ifindex,
-                            parent,
-                            priority: (f.header.info >> 16) as u16,
-                            protocol: (f.header.info & 0xffff) as u16,
-                            handle: f.header.handle.into(),
-                            name: name.clone(),
-                        });
+                    match o {
+                        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n.clone()),
+                        TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => prog_id = Some(*i),
+                        _ => {}
                     }
+                }
+                if let Some(name) = name {
+                    out.push(BpfFilter {
+                        ifindex,
+                        parent,
+                        priority: (f.header.info >> 16) as u16,
+                        protocol: (f.header.info & 0xffff) as u16,
+                        handle: f.header.handle.into(),
+                        name,
+                        prog_id,
+                    });
                 }
             }
         }

@@ -21,16 +21,8 @@ use crate::netns;
 
 /// Where a lab keeps its state (config, pods file, server daemon pid).
 pub fn state_dir(prefix: &str) -> PathBuf {
-    let safe: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe: String =
+        prefix.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
     PathBuf::from("/run/podtrace-lab").join(if safe.is_empty() { "_".into() } else { safe })
 }
 
@@ -85,10 +77,7 @@ impl Lab {
     /// echo servers in this process.
     pub fn start(cfg: &LabConfig) -> Result<Lab> {
         let plan = build(cfg)?;
-        let mut lab = Lab {
-            plan,
-            servers: None,
-        };
+        let mut lab = Lab { plan, servers: None };
         lab.servers = Some(start_servers(&lab.plan)?);
         Ok(lab)
     }
@@ -99,17 +88,12 @@ impl Lab {
 
     /// Namespace of a lab member (node, pod, host or "vpc").
     pub fn ns(&self, member: &str) -> String {
-        self.plan
-            .netns_of(member)
-            .unwrap_or_else(|| panic!("no lab member {member}"))
+        self.plan.netns_of(member).unwrap_or_else(|| panic!("no lab member {member}"))
     }
 
     /// Address of a lab member (pod, host, node primary IP or service cluster IP) and port.
     pub fn addr(&self, member: &str, port: u16) -> SocketAddr {
-        let ip: IpAddr = self
-            .plan
-            .ip_of(member)
-            .unwrap_or_else(|| panic!("no lab member {member}"));
+        let ip: IpAddr = self.plan.ip_of(member).unwrap_or_else(|| panic!("no lab member {member}"));
         SocketAddr::new(ip, port)
     }
 
@@ -171,10 +155,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
             }
         }
         let pods = podlist::render(&plan);
-        std::fs::write(
-            state_dir(&cfg.prefix).join("pods.json"),
-            serde_json::to_string_pretty(&pods)?,
-        )?;
+        std::fs::write(state_dir(&cfg.prefix).join("pods.json"), serde_json::to_string_pretty(&pods)?)?;
         Ok(())
     })();
     if let Err(e) = result {
@@ -186,11 +167,8 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
 
 /// Echo servers in every pod, the db host and the internet host.
 pub fn start_servers(plan: &Plan) -> Result<servers::Servers> {
-    let mut targets: Vec<(String, String)> = plan
-        .pods
-        .iter()
-        .map(|p| (p.name.clone(), p.netns.clone()))
-        .collect();
+    let mut targets: Vec<(String, String)> =
+        plan.pods.iter().map(|p| (p.name.clone(), p.netns.clone())).collect();
     for h in plan.hosts.iter().filter(|h| h.name != "alb") {
         targets.push((h.name.clone(), h.netns.clone()));
     }
@@ -200,20 +178,14 @@ pub fn start_servers(plan: &Plan) -> Result<servers::Servers> {
 /// Removes everything a lab with this prefix created, also after a half-failed `up`.
 pub fn down(prefix: &str) -> Result<()> {
     let dir = state_dir(prefix);
-    let extra = Saved::load(prefix)
-        .map(|s| s.extra_netns)
-        .unwrap_or_default();
-    if let Some(pid) = std::fs::read_to_string(dir.join("serve.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
+    let extra = Saved::load(prefix).map(|s| s.extra_netns).unwrap_or_default();
+    if let Some(pid) =
+        std::fs::read_to_string(dir.join("serve.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok())
     {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
     }
     // Namespace names do not depend on the other options.
-    let plan = Plan::new(&LabConfig {
-        prefix: prefix.to_string(),
-        ..LabConfig::default()
-    });
+    let plan = Plan::new(&LabConfig { prefix: prefix.to_string(), ..LabConfig::default() });
     let mut errors = Vec::new();
     for ns in plan.namespaces().into_iter().chain(extra) {
         if let Err(e) = netns::del(&ns) {
@@ -252,51 +224,22 @@ pub fn status(prefix: &str) -> Result<Status> {
         })
         .collect();
     let up = namespaces.iter().all(|(_, e)| *e);
-    let src_dst_check_drops = if up {
-        src_dst_drops(&plan)?
-    } else {
-        Vec::new()
-    };
-    Ok(Status {
-        prefix: prefix.into(),
-        up,
-        etp: saved.etp,
-        namespaces,
-        plan,
-        src_dst_check_drops,
-    })
+    let src_dst_check_drops = if up { src_dst_drops(&plan)? } else { Vec::new() };
+    Ok(Status { prefix: prefix.into(), up, etp: saved.etp, namespaces, plan, src_dst_check_drops })
 }
 
 /// Reads the DROP counters of the VPC source/destination check chain.
 pub fn src_dst_drops(plan: &Plan) -> Result<Vec<(String, u64)>> {
-    let out = netns::output(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &plan.vpc_netns,
-            "iptables-save",
-            "-c",
-            "-t",
-            "raw",
-        ],
-    )?;
+    let out = netns::output("ip", &["netns", "exec", &plan.vpc_netns, "iptables-save", "-c", "-t", "raw"])?;
     let mut v = Vec::new();
-    for line in out
-        .lines()
-        .filter(|l| l.contains("-A VPC-SRC-DST-CHECK") && l.ends_with("-j DROP"))
-    {
+    for line in out.lines().filter(|l| l.contains("-A VPC-SRC-DST-CHECK") && l.ends_with("-j DROP")) {
         // [packets:bytes] -A VPC-SRC-DST-CHECK -i <link> ...
         let packets = line
             .strip_prefix('[')
             .and_then(|l| l.split(':').next())
             .and_then(|p| p.parse().ok())
             .unwrap_or(0);
-        let link = line
-            .split_whitespace()
-            .skip_while(|w| *w != "-i")
-            .nth(1)
-            .unwrap_or("?");
+        let link = line.split_whitespace().skip_while(|w| *w != "-i").nth(1).unwrap_or("?");
         v.push((link.to_string(), packets));
     }
     Ok(v)

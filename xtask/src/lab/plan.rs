@@ -218,11 +218,7 @@ impl Plan {
         let mut hosts = vec![
             host("alb", ip(100, 10), ip(100, 1)),
             host("db", ip(3, 10), ip(3, 1)),
-            host(
-                "inet",
-                Ipv4Addr::new(203, 0, 113, 10),
-                Ipv4Addr::new(203, 0, 113, 1),
-            ),
+            host("inet", Ipv4Addr::new(203, 0, 113, 10), Ipv4Addr::new(203, 0, 113, 1)),
         ];
         if cfg.ipv6 {
             pods[0].ipv6 = Some(v6(1, 0x11));
@@ -316,11 +312,7 @@ impl Plan {
     /// IPs owned by one node ENI (its own IP and the pod IPs it carries), as the VPC sees it.
     pub fn owned_by(&self, node: &Node, eni: &Eni) -> Vec<Ipv4Addr> {
         let mut v = vec![eni.ip];
-        v.extend(
-            self.pods_on(&node.name)
-                .filter(|p| p.eni == eni.name)
-                .map(|p| p.ip),
-        );
+        v.extend(self.pods_on(&node.name).filter(|p| p.eni == eni.name).map(|p| p.ip));
         v
     }
 }
@@ -347,10 +339,7 @@ mod tests {
         let a = plan.node("node-a").unwrap();
         assert_eq!(plan.owned_by(a, &a.enis[1]), vec![a.enis[1].ip, web2.ip]);
         assert_eq!(a.enis[1].table(), Some(2));
-        let ens = Plan::new(&LabConfig {
-            eni_names: EniNames::Ens,
-            ..LabConfig::default()
-        });
+        let ens = Plan::new(&LabConfig { eni_names: EniNames::Ens, ..LabConfig::default() });
         assert_eq!(ens.pod("web-2").unwrap().eni, "ens6");
     }
 }

@@ -10,11 +10,8 @@ pub fn render(plan: &Plan) -> Value {
         .enumerate()
         .map(|(i, p)| {
             let node = plan.node(&p.node).expect("pod node");
-            let labels: serde_json::Map<String, Value> = p
-                .labels
-                .iter()
-                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
-                .collect();
+            let labels: serde_json::Map<String, Value> =
+                p.labels.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))).collect();
             let mut pod_ips = vec![json!({ "ip": p.ip.to_string() })];
             if let Some(v6) = p.ipv6 {
                 pod_ips.push(json!({ "ip": v6.to_string() }));

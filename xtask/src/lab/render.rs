@@ -22,11 +22,7 @@ fn sysctl(k: impl Into<String>, v: &str) -> (String, String) {
 
 /// MAC of a pod's host-side veth: the pod's permanent neighbour entry for 169.254.1.1.
 pub fn host_veth_mac(plan: &Plan, pod: &Pod) -> String {
-    let i = plan
-        .pods
-        .iter()
-        .position(|p| p.name == pod.name)
-        .unwrap_or(0);
+    let i = plan.pods.iter().position(|p| p.name == pod.name).unwrap_or(0);
     format!("02:00:00:ee:{i:02x}:01")
 }
 
@@ -40,10 +36,7 @@ pub fn vpc(plan: &Plan) -> NsConfig {
     for node in &plan.nodes {
         for eni in &node.enis {
             let l = &eni.vpc_link;
-            ip.push(format!(
-                "link add {l} type veth peer name {} netns {}",
-                eni.name, node.netns
-            ));
+            ip.push(format!("link add {l} type veth peer name {} netns {}", eni.name, node.netns));
             ip.push(format!("link set {l} mtu 9001 up"));
             ip.push(format!("addr add {}/32 dev {l}", eni.gateway));
             ip.push(format!("route add {}/32 dev {l}", eni.ip));
@@ -62,21 +55,13 @@ pub fn vpc(plan: &Plan) -> NsConfig {
             if plan.vpc_cidr_v6.is_some() && eni.device == 0 {
                 let sub = eni.ip.octets()[2] as u16;
                 let node_v6 = super::plan::v6(sub, eni.ip.octets()[3] as u16);
-                ip.push(format!(
-                    "-6 addr add {}/128 dev {l} nodad",
-                    super::plan::v6(sub, 1)
-                ));
+                ip.push(format!("-6 addr add {}/128 dev {l} nodad", super::plan::v6(sub, 1)));
                 ip.push(format!("-6 route add {node_v6}/128 dev {l}"));
-                writeln!(
-                    check6,
-                    "-A VPC-SRC-DST-CHECK -i {l} -s {node_v6}/128 -j RETURN"
-                )
-                .unwrap();
+                writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -s {node_v6}/128 -j RETURN").unwrap();
                 for p in plan.pods_on(&node.name).filter(|p| p.eni == eni.name) {
                     if let Some(v6) = p.ipv6 {
                         ip.push(format!("-6 route add {v6}/128 via {node_v6} dev {l}"));
-                        writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -s {v6}/128 -j RETURN")
-                            .unwrap();
+                        writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -s {v6}/128 -j RETURN").unwrap();
                     }
                 }
                 writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -p ipv6-icmp -j RETURN").unwrap();
@@ -86,18 +71,12 @@ pub fn vpc(plan: &Plan) -> NsConfig {
     }
     for h in &plan.hosts {
         let l = &h.vpc_link;
-        ip.push(format!(
-            "link add {l} type veth peer name eth0 netns {}",
-            h.netns
-        ));
+        ip.push(format!("link add {l} type veth peer name eth0 netns {}", h.netns));
         ip.push(format!("link set {l} up"));
         ip.push(format!("addr add {}/{} dev {l}", h.gateway, h.prefix_len));
         if let Some(v6) = h.ipv6 {
             let seg = v6.segments();
-            ip.push(format!(
-                "-6 addr add {}/64 dev {l} nodad",
-                super::plan::v6(seg[3], 1)
-            ));
+            ip.push(format!("-6 addr add {}/64 dev {l} nodad", super::plan::v6(seg[3], 1)));
         }
     }
     check += "COMMIT\n";
@@ -154,32 +133,17 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
     if plan.vpc_cidr_v6.is_some() {
         let o = primary.ip.octets();
         let sub = o[2] as u16;
-        ip.push(format!(
-            "-6 addr add {}/64 dev {} nodad",
-            super::plan::v6(sub, o[3] as u16),
-            primary.name
-        ));
-        ip.push(format!(
-            "-6 route add default via {} dev {}",
-            super::plan::v6(sub, 1),
-            primary.name
-        ));
+        ip.push(format!("-6 addr add {}/64 dev {} nodad", super::plan::v6(sub, o[3] as u16), primary.name));
+        ip.push(format!("-6 route add default via {} dev {}", super::plan::v6(sub, 1), primary.name));
     }
     for pod in plan.pods_on(&node.name) {
         let v = &pod.veth;
         let mac = host_veth_mac(plan, pod);
-        ip.push(format!(
-            "link add {v} address {mac} type veth peer name eth0 netns {}",
-            pod.netns
-        ));
+        ip.push(format!("link add {v} address {mac} type veth peer name eth0 netns {}", pod.netns));
         ip.push(format!("link set {v} mtu 9001 up"));
         ip.push(format!("route replace {}/32 dev {v} scope link", pod.ip));
         ip.push(format!("rule add to {}/32 lookup main pref 512", pod.ip));
-        let eni = node
-            .enis
-            .iter()
-            .find(|e| e.name == pod.eni)
-            .expect("pod ENI");
+        let eni = node.enis.iter().find(|e| e.name == pod.eni).expect("pod ENI");
         if let Some(t) = eni.table() {
             ip.push(format!("rule add from {}/32 lookup {t} pref 1536", pod.ip));
         }
@@ -236,13 +200,13 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
     s += "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
     s += "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n";
     s += "-A POSTROUTING -m comment --comment \"AWS SNAT CHAIN\" -j AWS-SNAT-CHAIN-0\n";
+    writeln!(s, "-A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment \"AWS SNAT CHAIN\" -j RETURN").unwrap();
+    writeln!(s, "-A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment \"AWS, SNAT\" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {} --random-fully", node.primary_ip()).unwrap();
     writeln!(
         s,
-        "-A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment \"AWS SNAT CHAIN\" -j RETURN"
+        "-A AWS-CONNMARK-CHAIN-0 -d {vpc} -m comment --comment \"AWS CONNMARK CHAIN, VPC CIDR\" -j RETURN"
     )
     .unwrap();
-    writeln!(s, "-A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment \"AWS, SNAT\" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {} --random-fully", node.primary_ip()).unwrap();
-    writeln!(s, "-A AWS-CONNMARK-CHAIN-0 -d {vpc} -m comment --comment \"AWS CONNMARK CHAIN, VPC CIDR\" -j RETURN").unwrap();
     s += "-A AWS-CONNMARK-CHAIN-0 -m comment --comment \"AWS, CONNMARK\" -j CONNMARK --set-xmark 0x80/0x80\n";
     s += "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n";
     s += "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n";
@@ -262,11 +226,8 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
             let remaining = n - i;
             if remaining > 1 {
                 let prob = 1.0 / remaining as f64;
-                writeln!(
-                    s,
-                    "-A KUBE-SVC-{up} -m statistic --mode random --probability {prob:.11} -j {sep}"
-                )
-                .unwrap();
+                writeln!(s, "-A KUBE-SVC-{up} -m statistic --mode random --probability {prob:.11} -j {sep}")
+                    .unwrap();
             } else {
                 writeln!(s, "-A KUBE-SVC-{up} -j {sep}").unwrap();
             }
@@ -303,7 +264,12 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
                     for (i, ep) in local.iter().enumerate() {
                         let sep = format!("KUBE-SEP-{up}-{}", ep.to_uppercase());
                         if n - i > 1 {
-                            writeln!(s, "-A KUBE-SVL-{up} -m statistic --mode random --probability {:.11} -j {sep}", 1.0 / (n - i) as f64).unwrap();
+                            writeln!(
+                                s,
+                                "-A KUBE-SVL-{up} -m statistic --mode random --probability {:.11} -j {sep}",
+                                1.0 / (n - i) as f64
+                            )
+                            .unwrap();
                         } else {
                             writeln!(s, "-A KUBE-SVL-{up} -j {sep}").unwrap();
                         }
@@ -331,15 +297,9 @@ pub fn pod(plan: &Plan, pod: &Pod) -> NsConfig {
     if let Some(v6) = pod.ipv6 {
         ip.push(format!("-6 addr add {v6}/128 dev eth0 nodad"));
         ip.push("-6 route add default via fe80::1 dev eth0".into());
-        ip.push(format!(
-            "-6 neigh add fe80::1 dev eth0 lladdr {mac} nud permanent"
-        ));
+        ip.push(format!("-6 neigh add fe80::1 dev eth0 lladdr {mac} nud permanent"));
     }
-    NsConfig {
-        netns: pod.netns.clone(),
-        ip,
-        ..NsConfig::default()
-    }
+    NsConfig { netns: pod.netns.clone(), ip, ..NsConfig::default() }
 }
 
 /// alb / db / inet: a plain host behind the VPC router.
@@ -353,16 +313,9 @@ pub fn host(h: &super::plan::Host) -> NsConfig {
     if let Some(v6) = h.ipv6 {
         let seg = v6.segments();
         ip.push(format!("-6 addr add {v6}/64 dev eth0 nodad"));
-        ip.push(format!(
-            "-6 route add default via {}",
-            super::plan::v6(seg[3], 1)
-        ));
+        ip.push(format!("-6 route add default via {}", super::plan::v6(seg[3], 1)));
     }
-    NsConfig {
-        netns: h.netns.clone(),
-        ip,
-        ..NsConfig::default()
-    }
+    NsConfig { netns: h.netns.clone(), ip, ..NsConfig::default() }
 }
 
 /// All namespaces' configuration in the order it must be applied (the VPC router creates the

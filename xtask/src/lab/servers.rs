@@ -49,10 +49,7 @@ impl Drop for Servers {
 /// Starts servers named `name` in `ns` on each port (TCP and UDP, IPv4 and IPv6).
 pub fn start(targets: &[(String, String)], ports: &[u16]) -> Result<Servers> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut servers = Servers {
-        stop: stop.clone(),
-        threads: Vec::new(),
-    };
+    let mut servers = Servers { stop: stop.clone(), threads: Vec::new() };
     for (name, ns) in targets {
         for &port in ports {
             let (tcp, udp) = netns::run_in(ns, || {
@@ -64,13 +61,9 @@ pub fn start(targets: &[(String, String)], ports: &[u16]) -> Result<Servers> {
             set_accept_timeout(&tcp)?;
             udp.set_read_timeout(Some(POLL))?;
             let (n1, s1) = (name.clone(), stop.clone());
-            servers
-                .threads
-                .push(std::thread::spawn(move || serve_tcp(tcp, &n1, &s1)));
+            servers.threads.push(std::thread::spawn(move || serve_tcp(tcp, &n1, &s1)));
             let (n2, s2) = (name.clone(), stop.clone());
-            servers
-                .threads
-                .push(std::thread::spawn(move || serve_udp(udp, &n2, &s2)));
+            servers.threads.push(std::thread::spawn(move || serve_udp(udp, &n2, &s2)));
         }
     }
     Ok(servers)
@@ -78,10 +71,7 @@ pub fn start(targets: &[(String, String)], ports: &[u16]) -> Result<Servers> {
 
 /// accept(2) honours SO_RCVTIMEO: the accept loop wakes up to notice `stop`.
 fn set_accept_timeout(l: &TcpListener) -> Result<()> {
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: POLL.as_micros() as libc::suseconds_t,
-    };
+    let tv = libc::timeval { tv_sec: 0, tv_usec: POLL.as_micros() as libc::suseconds_t };
     // SAFETY: valid fd and a correctly sized timeval.
     let rc = unsafe {
         libc::setsockopt(
@@ -138,21 +128,13 @@ fn serve_conn(mut s: TcpStream, peer: SocketAddr, name: &str, stop: &AtomicBool)
             Ok(0) => return,
             Ok(n) => {
                 // Only the first segment of a connection can carry WHO?.
-                let out = if first {
-                    answer(name, peer, &buf[..n])
-                } else {
-                    buf[..n].to_vec()
-                };
+                let out = if first { answer(name, peer, &buf[..n]) } else { buf[..n].to_vec() };
                 first = false;
                 if s.write_all(&out).is_err() {
                     return;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
     }

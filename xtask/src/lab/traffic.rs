@@ -32,8 +32,7 @@ pub fn tcp_request(ns: &str, to: SocketAddr, payload: usize) -> Result<Reply> {
 
 /// Like `tcp_request`, from the calling thread's namespace.
 pub fn tcp_request_here(to: SocketAddr, payload: usize) -> Result<Reply> {
-    let mut s =
-        TcpStream::connect_timeout(&to, TIMEOUT).with_context(|| format!("connect {to}"))?;
+    let mut s = TcpStream::connect_timeout(&to, TIMEOUT).with_context(|| format!("connect {to}"))?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_nodelay(true)?;
     let local = s.local_addr()?;
@@ -42,22 +41,16 @@ pub fn tcp_request_here(to: SocketAddr, payload: usize) -> Result<Reply> {
     s.write_all(&msg)?;
     let mut r = BufReader::new(s);
     let mut line = String::new();
-    r.read_line(&mut line)
-        .with_context(|| format!("reading the answer of {to}"))?;
+    r.read_line(&mut line).with_context(|| format!("reading the answer of {to}"))?;
     let mut rest = vec![0u8; payload];
-    r.read_exact(&mut rest)
-        .with_context(|| format!("reading the echo of {to}"))?;
+    r.read_exact(&mut rest).with_context(|| format!("reading the echo of {to}"))?;
     parse_identity(&line, local)
 }
 
 fn parse_identity(line: &str, local: SocketAddr) -> Result<Reply> {
     let mut it = line.split_whitespace();
     match (it.next(), it.next().and_then(|p| p.parse().ok())) {
-        (Some(server), Some(seen_peer)) => Ok(Reply {
-            server: server.into(),
-            seen_peer,
-            local,
-        }),
+        (Some(server), Some(seen_peer)) => Ok(Reply { server: server.into(), seen_peer, local }),
         _ => bail!("unexpected answer {line:?}"),
     }
 }
@@ -72,22 +65,14 @@ pub fn udp_request(ns: &str, to: SocketAddr) -> Result<Reply> {
         let local = s.local_addr()?;
         s.send(WHO)?;
         let mut buf = [0u8; 512];
-        let n = s
-            .recv(&mut buf)
-            .with_context(|| format!("no UDP answer from {to}"))?;
+        let n = s.recv(&mut buf).with_context(|| format!("no UDP answer from {to}"))?;
         parse_identity(&String::from_utf8_lossy(&buf[..n]), local)
     })
 }
 
 /// Sends `count` UDP datagrams of `size` bytes from one socket; returns how many echoes came
 /// back (0 if `wait_replies` is false).
-pub fn udp_stream(
-    ns: &str,
-    to: SocketAddr,
-    count: u32,
-    size: usize,
-    wait_replies: bool,
-) -> Result<u32> {
+pub fn udp_stream(ns: &str, to: SocketAddr, count: u32, size: usize, wait_replies: bool) -> Result<u32> {
     netns::run_in(ns, || {
         let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
         let s = UdpSocket::bind(bind)?;
@@ -122,13 +107,7 @@ pub struct LoadStats {
 
 /// `count` TCP requests (one connection each, like a load balancer's) with `concurrency`
 /// workers, each sending `payload` bytes and reading them back.
-pub fn tcp_load(
-    ns: &str,
-    to: SocketAddr,
-    count: u32,
-    concurrency: u32,
-    payload: usize,
-) -> Result<LoadStats> {
+pub fn tcp_load(ns: &str, to: SocketAddr, count: u32, concurrency: u32, payload: usize) -> Result<LoadStats> {
     let stats = Arc::new(Mutex::new(LoadStats::default()));
     let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let start = Instant::now();
@@ -159,14 +138,11 @@ pub fn tcp_load(
             }));
         }
         for w in workers {
-            w.join()
-                .map_err(|_| anyhow::anyhow!("load worker panicked"))??;
+            w.join().map_err(|_| anyhow::anyhow!("load worker panicked"))??;
         }
         Ok(())
     })?;
-    let mut st = Arc::try_unwrap(stats)
-        .map_err(|_| anyhow::anyhow!("stats still shared"))?
-        .into_inner()?;
+    let mut st = Arc::try_unwrap(stats).map_err(|_| anyhow::anyhow!("stats still shared"))?.into_inner()?;
     st.elapsed_ms = start.elapsed().as_millis() as u64;
     Ok(st)
 }

@@ -1,0 +1,193 @@
+//! Rendering flows: the live table (colour only on a TTY), JSON lines, the final summary.
+use std::io::{IsTerminal, Write};
+
+use serde::Serialize;
+use tracer_common::counter;
+
+use crate::{
+    flows::{FlowReport, Role},
+    maps::Counters,
+    session::UserCounters,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// ANSI styling that disappears when stdout is not a terminal (or NO_COLOR is set).
+#[derive(Clone, Copy)]
+pub struct Style {
+    on: bool,
+}
+
+impl Style {
+    pub fn detect() -> Style {
+        Style { on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() }
+    }
+    pub fn plain() -> Style {
+        Style { on: false }
+    }
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.on { format!("\x1b[{code}m{s}\x1b[0m") } else { s.to_string() }
+    }
+    pub fn eni(&self, s: &str) -> String {
+        self.paint("1;36", s)
+    }
+    pub fn nat(&self, s: &str) -> String {
+        self.paint("33", s)
+    }
+    pub fn bad(&self, s: &str) -> String {
+        self.paint("1;31", s)
+    }
+    pub fn dim(&self, s: &str) -> String {
+        self.paint("2", s)
+    }
+}
+
+fn hop_label(style: Style, ifname: &str, role: Role) -> String {
+    match role {
+        Role::Eni => style.eni(ifname),
+        _ => ifname.to_string(),
+    }
+}
+
+/// `web-2 → eni1a2b3c4d5e6 → eth0 ⇒ 203.0.113.10:80  [SNAT → 198.18.1.10:61000]  p50 in-node 38 µs`
+pub fn row(f: &FlowReport, style: Style) -> String {
+    let mut hops: Vec<String> = Vec::new();
+    for h in &f.path {
+        let label = hop_label(style, &h.ifname, h.role);
+        if hops.last() != Some(&label) {
+            hops.push(label);
+        }
+    }
+    let arrow = " → ";
+    let line = if f.direction == "egress" {
+        let mut parts = vec![f.pod.clone()];
+        parts.extend(hops);
+        let end = if f.eni.is_some() { format!(" ⇒ {}", f.dst) } else { format!(" → {}", f.dst) };
+        format!("{}{end}", parts.join(arrow))
+    } else {
+        let peer = f.path.first().map(|h| h.src.clone()).unwrap_or_else(|| f.src.clone());
+        let start = if f.eni.is_some() { format!("{peer} ⇒ ") } else { format!("{peer} → ") };
+        let mut parts = hops;
+        parts.push(f.pod.clone());
+        format!("{start}{}", parts.join(arrow))
+    };
+    let mut tags = Vec::new();
+    if let Some(d) = &f.dnat {
+        tags.push(style.nat(&format!("[DNAT {} → {}]", d.from, d.to)));
+    }
+    if let Some(s) = &f.snat {
+        let label = if s.kind == "masquerade" { "MASQUERADE" } else { "SNAT" };
+        tags.push(style.nat(&format!("[{label} → {}]", s.to)));
+    }
+    if let Some(mode) = f.ingress_mode {
+        tags.push(style.dim(&format!("({mode})")));
+    }
+    if let Some(lat) = in_node_latency(f) {
+        tags.push(format!("p50 in-node {} µs", fmt_us(lat)));
+    }
+    for d in &f.drops {
+        let after = d.after_hop.as_deref().unwrap_or("?");
+        tags.push(style.bad(&format!("✗ dropped after {after}: {} ×{}", d.reason, d.count)));
+    }
+    if f.retransmits > 0 {
+        tags.push(style.bad(&format!("{} retransmits", f.retransmits)));
+    }
+    if !f.path.is_empty() && f.reply_path.is_empty() && f.proto != "udp" {
+        let last = f.path.last().map(|h| format!("{}/{}", h.ifname, h.hook)).unwrap_or_default();
+        tags.push(style.bad(&format!("no reply (left by {last}, never answered)")));
+    }
+    format!("{:<4} {line}  {}  {}", f.proto, tags.join("  "), style.dim(&format!("{} pkts", f.packets)))
+}
+
+/// Median time from the first to the last hook of the initiating path.
+pub fn in_node_latency(f: &FlowReport) -> Option<f64> {
+    let (first, last) = (f.path.first()?, f.path.last()?);
+    let (a, b) = (first.name(), last.name());
+    f.hop_latency_us.iter().find(|l| l.from == a && l.to == b).map(|l| l.p50)
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 100.0 { format!("{us:.0}") } else { format!("{us:.1}") }
+}
+
+/// Redraws the live table (terminal only).
+pub fn live_table(
+    out: &mut impl Write,
+    title: &str,
+    flows: &[FlowReport],
+    style: Style,
+) -> std::io::Result<()> {
+    write!(out, "\x1b[H\x1b[2J")?;
+    writeln!(out, "{title}")?;
+    for f in flows {
+        writeln!(out, "{}", row(f, style))?;
+    }
+    out.flush()
+}
+
+pub fn table(out: &mut impl Write, flows: &[FlowReport], style: Style) -> std::io::Result<()> {
+    for f in flows {
+        writeln!(out, "{}", row(f, style))?;
+    }
+    Ok(())
+}
+
+pub fn json_lines(out: &mut impl Write, flows: &[FlowReport]) -> std::io::Result<()> {
+    for f in flows {
+        writeln!(out, "{}", serde_json::to_string(f).expect("flow serializes"))?;
+    }
+    out.flush()
+}
+
+/// Final counters: every kernel counter (losses included) and user-space losses.
+#[derive(Serialize)]
+pub struct Summary {
+    pub flows: usize,
+    pub interfaces: Vec<String>,
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+    pub user: UserCounters,
+    /// Interfaces that disappeared while tracing.
+    pub vanished: Vec<String>,
+}
+
+impl Summary {
+    pub fn new(
+        flows: usize,
+        interfaces: Vec<String>,
+        counters: &Counters,
+        user: UserCounters,
+        vanished: Vec<String>,
+    ) -> Summary {
+        let counters = counter::NAMES.iter().zip(counters.iter()).map(|(n, v)| (*n, *v)).collect();
+        Summary { flows, interfaces, counters, user, vanished }
+    }
+
+    pub fn text(&self, style: Style) -> String {
+        let losses = ["flow_map_full", "ringbuf_full", "samples_dropped", "drop_map_full"];
+        let mut s = format!("{} flows on {}\n", self.flows, self.interfaces.join(", "));
+        let parts: Vec<String> = self
+            .counters
+            .iter()
+            .map(|(k, v)| {
+                let t = format!("{k}={v}");
+                if losses.contains(k) && *v > 0 { style.bad(&t) } else { t }
+            })
+            .collect();
+        s += &format!("counters: {}\n", parts.join(" "));
+        s += &format!(
+            "user: hop_events_evicted={} conntrack_dump_errors={}",
+            self.user.hop_events_evicted, self.user.conntrack_dump_errors
+        );
+        if !self.vanished.is_empty() {
+            s += &format!(
+                "\n{}",
+                style.bad(&format!("interfaces gone while tracing: {}", self.vanished.join(", ")))
+            );
+        }
+        s
+    }
+}

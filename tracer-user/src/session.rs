@@ -1,0 +1,161 @@
+//! One tracing session: the loaded programs, the hop-event stream and the conntrack view,
+//! polled into snapshots. Shared by `podtrace trace`, `compare` and `agent`.
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use aya::maps::{MapData, RingBuf};
+use tracer_common::{FlowKey, FlowStats, HopEvent, Tuple};
+
+use crate::{
+    attach::Tracer,
+    conntrack::{self, CtEntry},
+    maps::{self, Counters},
+};
+
+/// Hop events kept in memory (oldest dropped first, counted in `hop_events_evicted`).
+const MAX_HOP_EVENTS: usize = 200_000;
+/// Conntrack entries are kept this long after they were last seen (flows outlive them).
+const CT_RETENTION: Duration = Duration::from_secs(600);
+
+/// Losses that happen in user space, reported next to the kernel counters.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct UserCounters {
+    pub hop_events_evicted: u64,
+    pub conntrack_dump_errors: u64,
+}
+
+pub struct Session {
+    pub tracer: Tracer,
+    ring: RingBuf<MapData>,
+    pub hops: VecDeque<HopEvent>,
+    conntrack: HashMap<Tuple, (CtEntry, Instant)>,
+    ct_rx: mpsc::Receiver<Vec<CtEntry>>,
+    ct_stop: Arc<AtomicBool>,
+    ct_thread: Option<JoinHandle<()>>,
+    /// Addresses whose conntrack entries are kept (None = all).
+    interesting: Option<HashSet<[u8; 16]>>,
+    pub user: UserCounters,
+}
+
+/// Everything read in one poll.
+pub struct Snapshot {
+    pub entries: Vec<(FlowKey, FlowStats)>,
+    pub counters: Counters,
+    pub conntrack: Vec<CtEntry>,
+}
+
+impl Session {
+    /// Takes over a tracer whose programs are attached, and starts following conntrack.
+    pub fn new(mut tracer: Tracer, interesting: Option<HashSet<[u8; 16]>>) -> Result<Session> {
+        let ring = maps::take_hops(&mut tracer.ebpf)?;
+        let (tx, ct_rx) = mpsc::channel();
+        let ct_stop = Arc::new(AtomicBool::new(false));
+        let stop = ct_stop.clone();
+        // Conntrack events: connections that live shorter than one poll interval are still
+        // seen. Not fatal when unavailable (dumps still work).
+        let ct_thread = match conntrack::Events::subscribe() {
+            Ok(events) => Some(std::thread::spawn(move || {
+                let _ = events.set_timeout(Duration::from_millis(200));
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(batch) = events.next()
+                        && !batch.is_empty()
+                        && tx.send(batch).is_err()
+                    {
+                        return;
+                    }
+                }
+            })),
+            Err(e) => {
+                log::warn!("conntrack events unavailable ({e:#}); using periodic dumps only");
+                None
+            }
+        };
+        Ok(Session {
+            tracer,
+            ring,
+            hops: VecDeque::new(),
+            conntrack: HashMap::new(),
+            ct_rx,
+            ct_stop,
+            ct_thread,
+            interesting,
+            user: UserCounters::default(),
+        })
+    }
+
+    /// Moves every pending hop event from the ring buffer into memory.
+    pub fn drain_hops(&mut self) {
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<HopEvent>() {
+                // SAFETY: the kernel wrote a HopEvent (repr(C), plain data) at this address;
+                // read_unaligned copes with the ring buffer's 8-byte alignment.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopEvent>()) };
+                self.hops.push_back(ev);
+            }
+        }
+        while self.hops.len() > MAX_HOP_EVENTS {
+            self.hops.pop_front();
+            self.user.hop_events_evicted += 1;
+        }
+    }
+
+    fn keep(&self, c: &CtEntry) -> bool {
+        match &self.interesting {
+            None => true,
+            Some(set) => [c.orig.src, c.orig.dst, c.reply.src, c.reply.dst].iter().any(|a| set.contains(a)),
+        }
+    }
+
+    /// Merges conntrack events and a fresh dump into the conntrack view.
+    pub fn refresh_conntrack(&mut self) {
+        let now = Instant::now();
+        let mut fresh: Vec<CtEntry> = self.ct_rx.try_iter().flatten().collect();
+        match conntrack::dump() {
+            Ok(d) => fresh.extend(d),
+            Err(e) => {
+                self.user.conntrack_dump_errors += 1;
+                log::debug!("conntrack dump: {e:#}");
+            }
+        }
+        for c in fresh {
+            if self.keep(&c) {
+                self.conntrack.insert(c.orig, (c, now));
+            }
+        }
+        self.conntrack.retain(|_, (_, seen)| now.duration_since(*seen) < CT_RETENTION);
+    }
+
+    /// Reads the flow table and counters, drains hop events, refreshes conntrack.
+    pub fn poll(&mut self) -> Result<Snapshot> {
+        self.drain_hops();
+        self.refresh_conntrack();
+        Ok(Snapshot {
+            entries: maps::read_flows(&self.tracer.ebpf)?,
+            counters: maps::read_counters(&self.tracer.ebpf)?,
+            conntrack: self.conntrack.values().map(|(c, _)| *c).collect(),
+        })
+    }
+
+    /// Forgets hop events that only concern expired flows (agent idle expiry).
+    pub fn forget_hops(&mut self, keep: impl Fn(&HopEvent) -> bool) {
+        self.hops.retain(keep);
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ct_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ct_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
