@@ -48,3 +48,162 @@ impl Drop for VethPair {
         let _ = netns::del(&self.b);
     }
 }
+
+/// The podtrace binary built by `cargo build` (PODTRACE_BIN overrides).
+pub fn podtrace_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("PODTRACE_BIN") {
+        return p.into();
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>/podtrace
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("podtrace");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build --bins` first (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `podtrace` inside a namespace, its stderr collected line by line.
+pub struct Running {
+    child: std::process::Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+/// What a finished podtrace printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// stdout parsed as JSON lines.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+            .collect()
+    }
+
+    /// The `podtrace summary: {...}` line of `-o json` runs.
+    pub fn summary(&self) -> serde_json::Value {
+        let line = self
+            .stderr
+            .lines()
+            .find_map(|l| l.strip_prefix("podtrace summary: "))
+            .unwrap_or_else(|| panic!("no summary in stderr: {}", self.stderr));
+        serde_json::from_str(line).expect("summary JSON")
+    }
+}
+
+/// Starts `podtrace ARGS` in `ns` (via `ip netns exec`) and waits until it says it is tracing.
+pub fn start_podtrace(ns: &str, args: &[&str]) -> Result<Running> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(podtrace_bin())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let err = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut running = Running { child, stderr: rx, stderr_seen: Vec::new() };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match running.stderr.recv_timeout(left) {
+            Ok(line) => {
+                let ready = line.starts_with("podtrace: tracing");
+                running.stderr_seen.push(line);
+                if ready {
+                    return Ok(running);
+                }
+            }
+            Err(_) => {
+                let _ = running.child.kill();
+                let out = running.finish()?;
+                anyhow::bail!("podtrace did not start: {}", out.stderr);
+            }
+        }
+    }
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for podtrace to exit (it was started with --duration) and collects its output.
+    pub fn finish(mut self) -> Result<Finished> {
+        use std::io::Read;
+        let mut stdout = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut stdout)?;
+        }
+        let status = self.child.wait()?;
+        self.stderr_seen.extend(self.stderr.iter());
+        Ok(Finished { status, stdout, stderr: self.stderr_seen.join("\n") })
+    }
+
+    /// Sends a signal, then collects the output.
+    pub fn signal(self, sig: nix::sys::signal::Signal) -> Result<Finished> {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)?;
+        self.finish()
+    }
+}
+
+/// Runs podtrace to completion in `ns` (for error cases).
+pub fn run_podtrace(ns: &str, args: &[&str]) -> Result<Finished> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(podtrace_bin())
+        .args(args)
+        .output()?;
+    Ok(Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    })
+}
+
+/// Starts a lab with a unique prefix for one test.
+pub fn lab(tag: &str, cfg: impl FnOnce(&mut xtask::lab::LabConfig)) -> Result<xtask::lab::Lab> {
+    let mut c = xtask::lab::LabConfig { prefix: unique_prefix(tag), ..Default::default() };
+    cfg(&mut c);
+    xtask::lab::Lab::start(&c)
+}
+
+/// Finds the flow objects matching a predicate.
+pub fn flows_where(
+    flows: &[serde_json::Value],
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<&serde_json::Value> {
+    flows.iter().filter(|f| pred(f)).collect()
+}
+
+/// `["eniX/ingress", "eth1/egress"]` of a path.
+pub fn hops(path: &serde_json::Value) -> Vec<String> {
+    path.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|h| {
+                    format!("{}/{}", h["ifname"].as_str().unwrap_or("?"), h["hook"].as_str().unwrap_or("?"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

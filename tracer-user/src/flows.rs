@@ -505,8 +505,9 @@ fn ordered_hops(comp: &Component, ctx: &NodeContext, dir: u8) -> Vec<Hop> {
         .collect();
     hops.sort_by_key(|h| h.first_ns);
     // Precedence from hop events: (from position) comes before (to position).
-    let pos = |ifindex: u32, hook: u8| (ifindex, hook_name(hook));
-    let before: HashSet<((u32, &str), (u32, &str))> =
+    type Position = (u32, &'static str);
+    let pos = |ifindex: u32, hook: u8| -> Position { (ifindex, hook_name(hook)) };
+    let before: HashSet<(Position, Position)> =
         comp.hops.iter().map(|e| (pos(e.from.ifindex, e.from.hook), pos(e.to.ifindex, e.to.hook))).collect();
     // Stable insertion sort honouring the sampled order (few hops per flow).
     let mut ordered: Vec<Hop> = Vec::with_capacity(hops.len());

@@ -95,7 +95,7 @@ impl Inventory {
                     && l.name != "lo"
                     && !l.kind.as_deref().is_some_and(|k| NOT_ENI_KINDS.contains(&k))
             } else {
-                eni_override.iter().any(|n| *n == l.name)
+                eni_override.contains(&l.name)
             };
             if !chosen {
                 continue;

@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: setup, test, lab, demo, compare, bench.
 mod cli_lab;
+mod demo;
 mod setup;
 
 use std::process::Command;
@@ -24,6 +25,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run setup, build podtrace, bring up the lab and trace web-2 while the brief's traffic
+    /// cases run (VPC host, internet, NodePort, pod IP, ClusterIP); tear the lab down.
+    Demo,
     /// The namespace lab: a two-node EKS datapath (see `cargo xtask lab --help`).
     Lab {
         #[command(subcommand)]
@@ -46,6 +50,10 @@ fn run(cli: Cli) -> Result<()> {
             test(&args)
         }
         Cmd::Lab { cmd } => cli_lab::run(cmd),
+        Cmd::Demo => {
+            setup::run()?;
+            demo::run()
+        }
     }
 }
 

@@ -55,12 +55,12 @@ pub fn vpc(plan: &Plan) -> NsConfig {
             if plan.vpc_cidr_v6.is_some() && eni.device == 0 {
                 let sub = eni.ip.octets()[2] as u16;
                 let node_v6 = super::plan::v6(sub, eni.ip.octets()[3] as u16);
-                ip.push(format!("-6 addr add {}/128 dev {l} nodad", super::plan::v6(sub, 1)));
-                ip.push(format!("-6 route add {node_v6}/128 dev {l}"));
+                ip.push(format!("addr add {}/128 dev {l} nodad", super::plan::v6(sub, 1)));
+                ip.push(format!("route add {node_v6}/128 dev {l}"));
                 writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -s {node_v6}/128 -j RETURN").unwrap();
                 for p in plan.pods_on(&node.name).filter(|p| p.eni == eni.name) {
                     if let Some(v6) = p.ipv6 {
-                        ip.push(format!("-6 route add {v6}/128 via {node_v6} dev {l}"));
+                        ip.push(format!("route add {v6}/128 via {node_v6} dev {l}"));
                         writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -s {v6}/128 -j RETURN").unwrap();
                     }
                 }
@@ -76,7 +76,7 @@ pub fn vpc(plan: &Plan) -> NsConfig {
         ip.push(format!("addr add {}/{} dev {l}", h.gateway, h.prefix_len));
         if let Some(v6) = h.ipv6 {
             let seg = v6.segments();
-            ip.push(format!("-6 addr add {}/64 dev {l} nodad", super::plan::v6(seg[3], 1)));
+            ip.push(format!("addr add {}/64 dev {l} nodad", super::plan::v6(seg[3], 1)));
         }
     }
     check += "COMMIT\n";
@@ -133,8 +133,8 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
     if plan.vpc_cidr_v6.is_some() {
         let o = primary.ip.octets();
         let sub = o[2] as u16;
-        ip.push(format!("-6 addr add {}/64 dev {} nodad", super::plan::v6(sub, o[3] as u16), primary.name));
-        ip.push(format!("-6 route add default via {} dev {}", super::plan::v6(sub, 1), primary.name));
+        ip.push(format!("addr add {}/64 dev {} nodad", super::plan::v6(sub, o[3] as u16), primary.name));
+        ip.push(format!("route add default via {} dev {}", super::plan::v6(sub, 1), primary.name));
     }
     for pod in plan.pods_on(&node.name) {
         let v = &pod.veth;
@@ -148,8 +148,8 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
             ip.push(format!("rule add from {}/32 lookup {t} pref 1536", pod.ip));
         }
         if let Some(v6) = pod.ipv6 {
-            ip.push(format!("-6 addr add fe80::1/64 dev {v} nodad"));
-            ip.push(format!("-6 route add {v6}/128 dev {v}"));
+            ip.push(format!("addr add fe80::1/64 dev {v} nodad"));
+            ip.push(format!("route add {v6}/128 dev {v}"));
         }
     }
     NsConfig {
@@ -295,9 +295,9 @@ pub fn pod(plan: &Plan, pod: &Pod) -> NsConfig {
         format!("neigh add 169.254.1.1 dev eth0 lladdr {mac} nud permanent"),
     ];
     if let Some(v6) = pod.ipv6 {
-        ip.push(format!("-6 addr add {v6}/128 dev eth0 nodad"));
-        ip.push("-6 route add default via fe80::1 dev eth0".into());
-        ip.push(format!("-6 neigh add fe80::1 dev eth0 lladdr {mac} nud permanent"));
+        ip.push(format!("addr add {v6}/128 dev eth0 nodad"));
+        ip.push("route add default via fe80::1 dev eth0".into());
+        ip.push(format!("neigh add fe80::1 dev eth0 lladdr {mac} nud permanent"));
     }
     NsConfig { netns: pod.netns.clone(), ip, ..NsConfig::default() }
 }
@@ -312,8 +312,8 @@ pub fn host(h: &super::plan::Host) -> NsConfig {
     ];
     if let Some(v6) = h.ipv6 {
         let seg = v6.segments();
-        ip.push(format!("-6 addr add {v6}/64 dev eth0 nodad"));
-        ip.push(format!("-6 route add default via {}", super::plan::v6(seg[3], 1)));
+        ip.push(format!("addr add {v6}/64 dev eth0 nodad"));
+        ip.push(format!("route add default via {}", super::plan::v6(seg[3], 1)));
     }
     NsConfig { netns: h.netns.clone(), ip, ..NsConfig::default() }
 }
