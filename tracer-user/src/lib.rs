@@ -9,6 +9,7 @@ pub mod leftovers;
 pub mod maps;
 pub mod nat;
 pub mod netlink;
+pub mod node;
 pub mod output;
 pub mod pods;
 pub mod preflight;

@@ -25,6 +25,8 @@ struct Cli {
 enum Cmd {
     /// Trace the flows of pods on this node (the default command).
     Trace(TraceArgs),
+    /// The node's ENIs, the pod IPs each carries, IP capacity and routing health checks.
+    Node(podtrace::node::NodeArgs),
 }
 
 /// Clap's multi-line usage errors folded into one line.
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.cmd {
             Some(Cmd::Trace(args)) => trace::run(args).await,
+            Some(Cmd::Node(args)) => podtrace::node::run(args).await,
             None => trace::run(cli.trace).await,
         }
     });
