@@ -27,13 +27,14 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map(name = "ADDR_FILTER")]
 pub static ADDR_FILTER: HashMap<[u8; 16], u8> = HashMap::with_max_entries(4096, 0);
 
-/// Drops of traced packets, aggregated by (tuple, reason, device, location).
+/// Drops of traced packets, aggregated by (tuple, reason, device, location). Per-CPU: exact
+/// counts without atomics.
 #[map(name = "DROPS")]
-pub static DROPS: HashMap<DropKey, DropStats> = HashMap::with_max_entries(8192, 0);
+pub static DROPS: PerCpuHashMap<DropKey, DropStats> = PerCpuHashMap::with_max_entries(8192, 0);
 
 /// TCP retransmissions per tuple (as the sending socket sees it).
 #[map(name = "RETRANS")]
-pub static RETRANS: HashMap<Tuple, u64> = HashMap::with_max_entries(8192, 0);
+pub static RETRANS: PerCpuHashMap<Tuple, u64> = PerCpuHashMap::with_max_entries(8192, 0);
 
 #[inline(always)]
 pub fn count(index: u32) {

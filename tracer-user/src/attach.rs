@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttach, TcAttachType,
+        LinkOrder, RawTracePoint, SchedClassifier, TcAttach, TcAttachType,
         tc::{self, NlOptions, SchedClassifierLinkId},
     },
     util::KernelVersion,
@@ -76,6 +76,20 @@ impl Tracer {
             classifier(&mut ebpf, name)?
                 .load()
                 .with_context(|| format!("loading {name} into the kernel (verifier)"))?;
+        }
+        if opts.layout.is_some() {
+            // Drops and retransmissions: global raw tracepoints, detached when we exit.
+            for (prog, tp) in
+                [(names::PROG_DROP, "kfree_skb"), (names::PROG_RETRANSMIT, "tcp_retransmit_skb")]
+            {
+                let p: &mut RawTracePoint = ebpf
+                    .program_mut(prog)
+                    .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+                    .try_into()
+                    .map_err(|e| anyhow!("{prog}: {e}"))?;
+                p.load().with_context(|| format!("loading {prog} into the kernel (verifier)"))?;
+                p.attach(tp).with_context(|| format!("attaching {prog} to the {tp} tracepoint"))?;
+            }
         }
         Ok(Tracer { ebpf, mode, attached: BTreeMap::new() })
     }

@@ -99,6 +99,8 @@ pub struct Hop {
     pub first_ns: u64,
     #[serde(skip)]
     pub last_ns: u64,
+    #[serde(skip)]
+    pub tcp_flags: u8,
 }
 
 impl Hop {
@@ -167,6 +169,11 @@ pub struct FlowReport {
     pub client_ip_preserved: Option<bool>,
     /// Entered the node by an ENI and left it again by an ENI (served by another node).
     pub node_crossing: bool,
+    /// TCP whose opener never completed the handshake although replies left the node: the
+    /// last hop those replies took (e.g. `eth1/egress` when the VPC drops them).
+    pub unanswered_after: Option<String>,
+    /// TCP whose opener never got any reply through this node.
+    pub no_reply: bool,
     pub drops: Vec<DropReport>,
     pub retransmits: u64,
     /// Milliseconds since the Unix epoch of the first and last packet seen.
@@ -435,6 +442,13 @@ fn report(
         first_src.map(|s| host_of(&s)) == pod_src.map(|s| host_of(&s))
     });
 
+    // A TCP opener that never sent an ACK never saw the SYN-ACK.
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    let opener_flags = path.iter().fold(0, |a, h| a | h.tcp_flags);
+    let handshake_failed = view.proto == PROTO_TCP && opener_flags & SYN != 0 && opener_flags & ACK == 0;
+    let unanswered_after = if handshake_failed { reply_path.last().map(Hop::name) } else { None };
+    let no_reply = handshake_failed && reply_path.is_empty();
     let first_ns = comp.entries.iter().map(|(_, s, _)| s.first_ns).filter(|t| *t > 0).min().unwrap_or(0);
     let last_ns = comp.entries.iter().map(|(_, s, _)| s.last_ns).max().unwrap_or(0);
     let (packets, bytes) = [path.first(), reply_path.first()]
@@ -469,6 +483,8 @@ fn report(
         bytes,
         client_ip_preserved,
         node_crossing,
+        unanswered_after,
+        no_reply,
         drops: Vec::new(),
         retransmits: 0,
         first_seen_ms: clock.unix_ms(first_ns),
@@ -501,6 +517,7 @@ fn ordered_hops(comp: &Component, ctx: &NodeContext, dir: u8) -> Vec<Hop> {
             tuple: k.tuple,
             first_ns: s.first_ns,
             last_ns: s.last_ns,
+            tcp_flags: s.tcp_flags,
         })
         .collect();
     hops.sort_by_key(|h| h.first_ns);

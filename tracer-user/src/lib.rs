@@ -1,7 +1,9 @@
 //! podtrace as a library: the CLI in main.rs is a thin layer over these modules.
 pub mod addr;
 pub mod attach;
+pub mod btf;
 pub mod conntrack;
+pub mod drops;
 pub mod ebpf;
 pub mod flows;
 pub mod inventory;

@@ -73,14 +73,22 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
 
 pub fn read_drops(ebpf: &Ebpf) -> Result<Vec<(DropKey, DropStats)>> {
     let map = ebpf.map(names::MAP_DROPS).ok_or_else(|| anyhow!("DROPS map missing"))?;
-    let map: HashMap<&MapData, DropKey, DropStats> = HashMap::try_from(map)?;
-    Ok(map.iter().flatten().collect())
+    let map: PerCpuHashMap<&MapData, DropKey, DropStats> = PerCpuHashMap::try_from(map)?;
+    Ok(map
+        .iter()
+        .flatten()
+        .map(|(k, v)| {
+            let count = v.iter().map(|s| s.count).sum();
+            let last_ns = v.iter().map(|s| s.last_ns).max().unwrap_or(0);
+            (k, DropStats { count, last_ns })
+        })
+        .collect())
 }
 
 pub fn read_retransmits(ebpf: &Ebpf) -> Result<Vec<(Tuple, u64)>> {
     let map = ebpf.map(names::MAP_RETRANS).ok_or_else(|| anyhow!("RETRANS map missing"))?;
-    let map: HashMap<&MapData, Tuple, u64> = HashMap::try_from(map)?;
-    Ok(map.iter().flatten().collect())
+    let map: PerCpuHashMap<&MapData, Tuple, u64> = PerCpuHashMap::try_from(map)?;
+    Ok(map.iter().flatten().map(|(k, v)| (k, v.iter().sum())).collect())
 }
 
 /// Writes the address filter (traced pod IPs and node addresses).

@@ -96,9 +96,10 @@ pub fn row(f: &FlowReport, style: Style) -> String {
     if f.retransmits > 0 {
         tags.push(style.bad(&format!("{} retransmits", f.retransmits)));
     }
-    if !f.path.is_empty() && f.reply_path.is_empty() && f.proto != "udp" {
-        let last = f.path.last().map(|h| format!("{}/{}", h.ifname, h.hook)).unwrap_or_default();
-        tags.push(style.bad(&format!("no reply (left by {last}, never answered)")));
+    if let Some(hop) = &f.unanswered_after {
+        tags.push(style.bad(&format!("✗ reply left by {hop}, never answered")));
+    } else if f.no_reply && f.drops.is_empty() {
+        tags.push(style.bad("✗ no reply"));
     }
     format!("{:<4} {line}  {}  {}", f.proto, tags.join("  "), style.dim(&format!("{} pkts", f.packets)))
 }

@@ -13,11 +13,12 @@ use std::{
 
 use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
-use tracer_common::{FlowKey, FlowStats, HopEvent, Tuple};
+use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, HopEvent, Tuple};
 
 use crate::{
     attach::Tracer,
     conntrack::{self, CtEntry},
+    drops::DropNames,
     maps::{self, Counters},
 };
 
@@ -44,6 +45,8 @@ pub struct Session {
     /// Addresses whose conntrack entries are kept (None = all).
     interesting: Option<HashSet<[u8; 16]>>,
     pub user: UserCounters,
+    /// Names for drop reasons and locations (read while still privileged).
+    pub names: DropNames,
 }
 
 /// Everything read in one poll.
@@ -51,11 +54,17 @@ pub struct Snapshot {
     pub entries: Vec<(FlowKey, FlowStats)>,
     pub counters: Counters,
     pub conntrack: Vec<CtEntry>,
+    pub drops: Vec<(DropKey, DropStats)>,
+    pub retransmits: Vec<(Tuple, u64)>,
 }
 
 impl Session {
     /// Takes over a tracer whose programs are attached, and starts following conntrack.
-    pub fn new(mut tracer: Tracer, interesting: Option<HashSet<[u8; 16]>>) -> Result<Session> {
+    pub fn new(
+        mut tracer: Tracer,
+        interesting: Option<HashSet<[u8; 16]>>,
+        names: DropNames,
+    ) -> Result<Session> {
         let ring = maps::take_hops(&mut tracer.ebpf)?;
         let (tx, ct_rx) = mpsc::channel();
         let ct_stop = Arc::new(AtomicBool::new(false));
@@ -89,6 +98,7 @@ impl Session {
             ct_thread,
             interesting,
             user: UserCounters::default(),
+            names,
         })
     }
 
@@ -142,6 +152,8 @@ impl Session {
             entries: maps::read_flows(&self.tracer.ebpf)?,
             counters: maps::read_counters(&self.tracer.ebpf)?,
             conntrack: self.conntrack.values().map(|(c, _)| *c).collect(),
+            drops: maps::read_drops(&self.tracer.ebpf)?,
+            retransmits: maps::read_retransmits(&self.tracer.ebpf)?,
         })
     }
 

@@ -13,6 +13,8 @@ use clap::Args;
 use crate::{
     addr,
     attach::{AttachMode, Tracer},
+    btf::{self, Btf},
+    drops::{self, DropNames},
     ebpf::LoadOptions,
     flows::{self, Clock, FlowReport, Iface, NodeContext, Observations, Role, TracedPod},
     inventory::Inventory,
@@ -181,8 +183,15 @@ pub fn resolve_targets(inv: &Inventory, pods: &[PodInfo], allow_remote: bool) ->
 
 /// Loads the programs, attaches them to the targets' interfaces and starts a session.
 pub fn start_session(t: &Targets, args: &TraceArgs, filter: bool) -> Result<Session> {
-    let opts =
-        LoadOptions { sample_mask: args.sample_rate - 1, filter, max_flows: args.max_flows, layout: None };
+    let btf = Btf::from_file(&preflight::check_btf()?)?;
+    let layout = btf::kernel_layout(&btf, btf::own_netns_inum())?;
+    let names = DropNames::load(&btf);
+    let opts = LoadOptions {
+        sample_mask: args.sample_rate - 1,
+        filter,
+        max_flows: args.max_flows,
+        layout: Some(layout),
+    };
     let mut tracer = Tracer::load(&opts, args.attach_mode)?;
     crate::leftovers::clean(&t.attach);
     if filter {
@@ -192,14 +201,16 @@ pub fn start_session(t: &Targets, args: &TraceArgs, filter: bool) -> Result<Sess
         tracer.attach(*ifindex, name)?;
     }
     let interesting: HashSet<[u8; 16]> = t.filter.iter().map(|ip| addr::to_key(*ip)).collect();
-    Session::new(tracer, filter.then_some(interesting))
+    Session::new(tracer, filter.then_some(interesting), names)
 }
 
 /// Builds the reports of one snapshot.
 pub fn reports(session: &Session, snap: &Snapshot, t: &Targets, clock: Clock) -> Vec<FlowReport> {
     let hops: Vec<_> = session.hops.iter().copied().collect();
     let obs = Observations { entries: &snap.entries, hops: &hops, conntrack: &snap.conntrack };
-    flows::assemble(&obs, &t.ctx, &t.pods, clock)
+    let mut flows = flows::assemble(&obs, &t.ctx, &t.pods, clock);
+    drops::attach(&mut flows, &snap.drops, &snap.retransmits, &session.names);
+    flows
 }
 
 /// Detaches from interfaces that disappeared; returns their names.
