@@ -182,8 +182,10 @@ pub mod counter {
     pub const RETRANSMITS: u32 = 14;
     /// VLAN-tagged packets (802.1Q / 802.1ad) seen.
     pub const VLAN: u32 = 15;
+    /// Multicast, broadcast and IPv6 link-local packets (ND, MLD, ...): counted, not tracked.
+    pub const LOCAL_SCOPE: u32 = 16;
 
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
 
     /// Stable names used in the CLI summary, JSON and Prometheus metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -203,6 +205,7 @@ pub mod counter {
         "drop_map_full",
         "retransmits",
         "vlan",
+        "local_scope",
     ];
 }
 

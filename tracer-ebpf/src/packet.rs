@@ -212,3 +212,14 @@ fn parse_l4<R: Reader>(r: &R, t: &mut Tuple, off: usize, sig: u64) -> ParseResul
         _ => Ok(Parsed { sig, tcp_flags: 0, note: Some(counter::OTHER_L4) }),
     }
 }
+
+/// Multicast, broadcast and IPv6 link-local: neighbour discovery and the like, never a pod
+/// flow, and identical copies on every interface would look like one packet crossing them.
+#[inline(always)]
+pub fn local_scope(t: &Tuple) -> bool {
+    if t.family == FAMILY_V4 {
+        t.dst[0] >= 224 || t.dst[..4] == [255; 4]
+    } else {
+        t.dst[0] == 0xff || (t.src[0] == 0xfe && t.src[1] & 0xc0 == 0x80)
+    }
+}

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_common::{
     FlowKey, FlowStats, HopEvent, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tuple, hook,
 };
@@ -22,7 +22,7 @@ use tracer_common::{
 use crate::{addr, conntrack::CtEntry, nat::NatRules};
 
 /// What an interface is to the node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     PodVeth,
@@ -82,11 +82,11 @@ pub fn proto_name(p: u8) -> String {
 }
 
 /// One hook of a flow's path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hop {
     pub ifname: String,
     pub role: Role,
-    pub hook: &'static str,
+    pub hook: String,
     pub src: String,
     pub dst: String,
     pub packets: u64,
@@ -110,7 +110,7 @@ impl Hop {
 }
 
 /// A rewrite between two hooks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Nat {
     pub from: String,
     pub to: String,
@@ -124,7 +124,7 @@ pub struct Nat {
     pub chain: Option<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HopLatency {
     pub from: String,
     pub to: String,
@@ -135,7 +135,7 @@ pub struct HopLatency {
 }
 
 /// A drop of this flow's packets, filled in by the drops collector.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DropReport {
     pub reason: String,
     pub location: String,
@@ -144,13 +144,13 @@ pub struct DropReport {
 }
 
 /// One flow of one pod: the JSON contract of `podtrace -o json` (see README).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FlowReport {
     pub pod: String,
     pub namespace: String,
     pub pod_ip: String,
     pub proto: String,
-    pub direction: &'static str,
+    pub direction: String,
     pub src: String,
     pub dst: String,
     pub path: Vec<Hop>,
@@ -159,7 +159,7 @@ pub struct FlowReport {
     pub pod_ip_owner_eni: Option<String>,
     pub snat: Option<Nat>,
     pub dnat: Option<Nat>,
-    pub ingress_mode: Option<&'static str>,
+    pub ingress_mode: Option<String>,
     pub hop_latency_us: Vec<HopLatency>,
     pub packets: u64,
     pub bytes: u64,
@@ -467,7 +467,7 @@ fn report(
         namespace: pod.namespace.clone(),
         pod_ip,
         proto: proto_name(view.proto),
-        direction,
+        direction: direction.to_string(),
         src: addr::src(&view).to_string(),
         dst: addr::dst(&view).to_string(),
         nat_steps: snat.is_some() as u32 + dnat.is_some() as u32,
@@ -478,7 +478,7 @@ fn report(
         pod_ip_owner_eni: pod.owner_eni.clone(),
         snat,
         dnat,
-        ingress_mode,
+        ingress_mode: ingress_mode.map(str::to_string),
         packets,
         bytes,
         client_ip_preserved,
@@ -508,7 +508,7 @@ fn ordered_hops(comp: &Component, ctx: &NodeContext, dir: u8) -> Vec<Hop> {
         .map(|(k, s, _)| Hop {
             ifname: ctx.ifname(k.ifindex),
             role: ctx.role(k.ifindex),
-            hook: hook_name(k.hook),
+            hook: hook_name(k.hook).to_string(),
             src: addr::src(&k.tuple).to_string(),
             dst: addr::dst(&k.tuple).to_string(),
             packets: s.packets,
@@ -529,9 +529,11 @@ fn ordered_hops(comp: &Component, ctx: &NodeContext, dir: u8) -> Vec<Hop> {
     // Stable insertion sort honouring the sampled order (few hops per flow).
     let mut ordered: Vec<Hop> = Vec::with_capacity(hops.len());
     for h in hops {
-        let me = (h.ifindex, h.hook);
-        let at =
-            ordered.iter().position(|o| before.contains(&(me, (o.ifindex, o.hook)))).unwrap_or(ordered.len());
+        let me = (h.ifindex, h.hook.as_str());
+        let at = ordered
+            .iter()
+            .position(|o| before.contains(&(me, (o.ifindex, o.hook.as_str()))))
+            .unwrap_or(ordered.len());
         ordered.insert(at, h);
     }
     ordered
@@ -714,7 +716,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         let r = &r[0];
         assert_eq!(r.direction, "ingress");
-        assert_eq!(r.ingress_mode, Some("nodeport"));
+        assert_eq!(r.ingress_mode.as_deref(), Some("nodeport"));
         assert_eq!(r.dnat.as_ref().unwrap().to, "198.18.2.11:8080");
         assert_eq!(r.snat.as_ref().unwrap().to, "198.18.1.10:7777");
         assert_eq!(r.client_ip_preserved, Some(false));

@@ -1,5 +1,6 @@
 //! podtrace as a library: the CLI in main.rs is a thin layer over these modules.
 pub mod addr;
+pub mod agent;
 pub mod attach;
 pub mod btf;
 pub mod conntrack;

@@ -27,6 +27,8 @@ enum Cmd {
     Trace(TraceArgs),
     /// The node's ENIs, the pod IPs each carries, IP capacity and routing health checks.
     Node(podtrace::node::NodeArgs),
+    /// The node agent (DaemonSet): traces every pod and ENI, serves flows and metrics.
+    Agent(podtrace::agent::AgentArgs),
 }
 
 /// Clap's multi-line usage errors folded into one line.
@@ -63,7 +65,14 @@ fn main() -> ExitCode {
         _ => log::LevelFilter::Debug,
     };
     env_logger::Builder::new().filter_level(level).format_target(false).init();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The agent serves its API while it polls the kernel: give it worker threads.
+    let rt = match &cli.cmd {
+        Some(Cmd::Agent(_)) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+        }
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    };
+    let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the runtime: {e}");
@@ -74,6 +83,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Some(Cmd::Trace(args)) => trace::run(args).await,
             Some(Cmd::Node(args)) => podtrace::node::run(args).await,
+            Some(Cmd::Agent(args)) => podtrace::agent::run(args).await,
             None => trace::run(cli.trace).await,
         }
     });

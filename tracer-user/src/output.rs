@@ -83,7 +83,7 @@ pub fn row(f: &FlowReport, style: Style) -> String {
         let label = if s.kind == "masquerade" { "MASQUERADE" } else { "SNAT" };
         tags.push(style.nat(&format!("[{label} → {}]", s.to)));
     }
-    if let Some(mode) = f.ingress_mode {
+    if let Some(mode) = &f.ingress_mode {
         tags.push(style.dim(&format!("({mode})")));
     }
     if let Some(lat) = in_node_latency(f) {

@@ -26,11 +26,14 @@ use crate::{
 const MAX_HOP_EVENTS: usize = 200_000;
 /// Conntrack entries are kept this long after they were last seen (flows outlive them).
 const CT_RETENTION: Duration = Duration::from_secs(600);
+/// Conntrack entries kept at most (oldest dropped first, counted in `conntrack_evicted`).
+const MAX_CONNTRACK: usize = 131_072;
 
 /// Losses that happen in user space, reported next to the kernel counters.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct UserCounters {
     pub hop_events_evicted: u64,
+    pub conntrack_evicted: u64,
     pub conntrack_dump_errors: u64,
 }
 
@@ -142,6 +145,16 @@ impl Session {
             }
         }
         self.conntrack.retain(|_, (_, seen)| now.duration_since(*seen) < CT_RETENTION);
+        if self.conntrack.len() > MAX_CONNTRACK {
+            let mut by_age: Vec<(Instant, Tuple)> =
+                self.conntrack.iter().map(|(k, (_, t))| (*t, *k)).collect();
+            by_age.sort();
+            let excess = self.conntrack.len() - MAX_CONNTRACK;
+            for (_, k) in by_age.into_iter().take(excess) {
+                self.conntrack.remove(&k);
+            }
+            self.user.conntrack_evicted += excess as u64;
+        }
     }
 
     /// Reads the flow table and counters, drains hop events, refreshes conntrack.

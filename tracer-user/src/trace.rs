@@ -61,6 +61,9 @@ pub struct TraceArgs {
     /// Capacity of the kernel flow table (entries are per flow, interface and hook).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..))]
     pub max_flows: u32,
+    /// Read flows from a running `podtrace agent` (its unix socket) instead of attaching.
+    #[arg(long, value_name = "SOCKET")]
+    pub agent: Option<PathBuf>,
     /// With `-o json`: also print all flows every INTERVAL while running (0 = only at the end).
     #[arg(long, default_value = "0", value_parser = preflight::parse_duration_or_zero)]
     pub interval: Duration,
@@ -155,20 +158,7 @@ pub fn resolve_targets(inv: &Inventory, pods: &[PodInfo], allow_remote: bool) ->
             owner_eni: veth.and_then(|_| inv.pod_ip_owner_eni(ips[0])).map(|e| e.name.clone()),
         });
     }
-    let mut ctx = NodeContext {
-        node_ips: node_ips.iter().copied().collect(),
-        nat_rules: NatRules::read(),
-        ..Default::default()
-    };
-    for l in &inv.links {
-        ctx.ifaces.insert(l.index, Iface { name: l.name.clone(), role: Role::Other });
-    }
-    for (_, l) in inv.pod_routes() {
-        ctx.ifaces.insert(l.index, Iface { name: l.name.clone(), role: Role::PodVeth });
-    }
-    for e in &inv.enis {
-        ctx.ifaces.insert(e.ifindex, Iface { name: e.name.clone(), role: Role::Eni });
-    }
+    let ctx = node_context(inv, NatRules::read());
     let mut attach: Vec<(u32, String)> = inv.enis.iter().map(|e| (e.ifindex, e.name.clone())).collect();
     for p in &traced {
         if let Some(v) = p.veth {
@@ -179,6 +169,22 @@ pub fn resolve_targets(inv: &Inventory, pods: &[PodInfo], allow_remote: bool) ->
     let mut filter: Vec<IpAddr> = traced.iter().flat_map(|p| p.ips.iter().copied()).collect();
     filter.extend(node_ips);
     Ok(Targets { pods: traced, ctx, attach, filter })
+}
+
+/// Names and roles of the node's interfaces, its addresses and NAT rules.
+pub fn node_context(inv: &Inventory, nat_rules: NatRules) -> NodeContext {
+    let mut ctx =
+        NodeContext { node_ips: inv.node_ips().into_iter().collect(), nat_rules, ..Default::default() };
+    for l in &inv.links {
+        ctx.ifaces.insert(l.index, Iface { name: l.name.clone(), role: Role::Other });
+    }
+    for (_, l) in inv.pod_routes() {
+        ctx.ifaces.insert(l.index, Iface { name: l.name.clone(), role: Role::PodVeth });
+    }
+    for e in &inv.enis {
+        ctx.ifaces.insert(e.ifindex, Iface { name: e.name.clone(), role: Role::Eni });
+    }
+    ctx
 }
 
 /// Loads the programs, attaches them to the targets' interfaces and starts a session.
@@ -230,6 +236,9 @@ pub fn prune_vanished(session: &mut Session) -> Vec<String> {
 
 /// The whole `podtrace trace` command.
 pub async fn run(args: TraceArgs) -> Result<()> {
+    if let Some(sock) = &args.agent {
+        return crate::agent::client::trace_via_agent(sock, &args).await;
+    }
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let pods = select_pods(&args).await?;

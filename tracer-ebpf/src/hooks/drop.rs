@@ -13,7 +13,7 @@ use tracer_common::{DropKey, DropStats, KernelLayout, counter};
 use crate::{
     globals,
     maps::{DROPS, count, wanted},
-    packet::{Reader, parse_l3},
+    packet::{Reader, local_scope, parse_l3},
 };
 
 /// Reads packet bytes from kernel memory starting at the network header.
@@ -76,7 +76,7 @@ fn record(l: &KernelLayout, skb: u64, location: u64, reason: u32) -> Option<()> 
     // Zeroed as whole words (see hooks/tc.rs).
     let mut key: DropKey = unsafe { core::mem::transmute([0u64; 7]) };
     parse_l3(&KernelPacket { base: head + network as u64 }, u16::from_be(proto), 0, &mut key.tuple).ok()?;
-    if !wanted(&key.tuple) {
+    if local_scope(&key.tuple) || !wanted(&key.tuple) {
         return None;
     }
     key.reason = reason;

@@ -14,7 +14,7 @@ use tracer_common::{FlowKey, FlowStats, HopEvent, Sighting, counter, hook};
 use crate::{
     globals,
     maps::{FLOWS, HOPS, SIGHTINGS, count, wanted},
-    packet::{Reader, parse_ethernet},
+    packet::{Reader, local_scope, parse_ethernet},
 };
 
 /// TC_ACT_UNSPEC (-1) is also TCX_NEXT: "not my decision", the packet continues unchanged to
@@ -71,6 +71,10 @@ fn observe(ctx: &TcContext, hook: u8) {
     if let Some(note) = p.note {
         count(note);
     }
+    if local_scope(&key.tuple) {
+        count(counter::LOCAL_SCOPE);
+        return;
+    }
     if !wanted(&key.tuple) {
         return;
     }
@@ -126,8 +130,10 @@ fn sample(sig: u64, now: u64, key: &FlowKey) {
     if let Some(prev) = SIGHTINGS.get_ptr(&sig) {
         // Compare through the map pointer; copy straight into the ring buffer record.
         let (prev_ifindex, prev_hook, prev_ts) = unsafe { ((*prev).ifindex, (*prev).hook, (*prev).ts_ns) };
-        let elsewhere = prev_ifindex != key.ifindex || prev_hook != key.hook;
-        if elsewhere && now.wrapping_sub(prev_ts) < globals::sighting_max_age_ns() {
+        // Inside one network namespace a packet goes from an ingress hook to an egress hook;
+        // any other pair is two different packets that share a signature.
+        let crossed = prev_hook == hook::INGRESS && key.hook == hook::EGRESS && prev_ifindex != key.ifindex;
+        if crossed && now.wrapping_sub(prev_ts) < globals::sighting_max_age_ns() {
             match HOPS.reserve::<HopEvent>(0) {
                 Some(mut e) => {
                     let ev = e.as_mut_ptr();

@@ -1,0 +1,406 @@
+//! `podtrace agent`: the node agent of the DaemonSet. Traces every pod veth and every ENI,
+//! follows pods as they come and go (netlink link events, periodic reconcile), names them from
+//! the Kubernetes API or a pods file, and serves flows and metrics on a read-only API.
+//!
+//! Memory is bounded: flows idle longer than `--idle-timeout` expire (their counts move into
+//! per-pod totals), at most `--max-tracked-flows` flows are kept (oldest evicted, counted), the
+//! kernel table holds `--max-flows` entries (map-full counted), and the hop-event and conntrack
+//! buffers are capped.
+pub mod api;
+pub mod client;
+pub mod links;
+pub mod metrics;
+pub mod podsource;
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use tracer_common::FlowKey;
+
+use crate::{
+    attach::{AttachMode, Tracer},
+    btf::{self, Btf},
+    drops::{self, DropNames},
+    ebpf::LoadOptions,
+    flows::{self, Clock, FlowReport, NodeContext, Observations, TracedPod},
+    inventory::Inventory,
+    maps::{self, Counters},
+    nat::NatRules,
+    preflight,
+    session::{Session, UserCounters},
+    trace,
+};
+
+#[derive(Args, Clone, Debug)]
+pub struct AgentArgs {
+    /// Unix socket of the API (mode 0600).
+    #[arg(long, default_value = "/run/podtrace/agent.sock")]
+    pub socket: PathBuf,
+    /// Also serve the API on this TCP address (e.g. 127.0.0.1:9090). Off unless given.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Pods from a `kubectl get pods -A -o json` file (re-read when it changes) instead of the API.
+    #[arg(long, value_name = "FILE")]
+    pub pods_file: Option<PathBuf>,
+    /// This node's name, to watch its pods (the DaemonSet passes it from the downward API).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Flows without a packet for this long expire.
+    #[arg(long, default_value = "5m", value_parser = preflight::parse_duration)]
+    pub idle_timeout: Duration,
+    /// At most this many flows are tracked; the oldest are evicted (and counted) beyond it.
+    #[arg(long, default_value_t = 50_000)]
+    pub max_tracked_flows: usize,
+    /// Capacity of the kernel flow table (per flow, interface and hook).
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_flows: u32,
+    /// Use these interfaces as ENIs instead of discovering them.
+    #[arg(long = "eni", value_name = "IFACE")]
+    pub enis: Vec<String>,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach_mode: AttachMode,
+    /// Sample one packet in N (power of two) for per-hop latency.
+    #[arg(long, default_value_t = 64)]
+    pub sample_rate: u64,
+    /// How often flows are read from the kernel and assembled.
+    #[arg(long, default_value = "500ms", value_parser = preflight::parse_duration)]
+    pub poll_interval: Duration,
+    /// Safety net: full re-scan of links and rules this often.
+    #[arg(long, default_value = "10s", value_parser = preflight::parse_duration)]
+    pub reconcile_interval: Duration,
+}
+
+/// What the API serves.
+#[derive(Default)]
+pub struct State {
+    pub flows: Vec<FlowReport>,
+    pub counters: Counters,
+    pub user: UserCounters,
+    /// Packets and bytes of expired flows, per (pod, namespace, eni).
+    pub expired_totals: BTreeMap<(String, String, String), (u64, u64)>,
+    pub flows_expired: u64,
+    pub flows_evicted: u64,
+    pub attach_errors: u64,
+    pub links_attached: u64,
+    pub links_detached: u64,
+    pub table_fill: (usize, u32),
+    pub attached: Vec<String>,
+}
+
+impl State {
+    pub fn agent_counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("flows_expired", self.flows_expired),
+            ("flows_evicted", self.flows_evicted),
+            ("attach_errors", self.attach_errors),
+            ("links_attached", self.links_attached),
+            ("links_detached", self.links_detached),
+            ("hop_events_evicted", self.user.hop_events_evicted),
+            ("conntrack_evicted", self.user.conntrack_evicted),
+            ("conntrack_dump_errors", self.user.conntrack_dump_errors),
+        ]
+    }
+}
+
+pub type Shared = Arc<RwLock<State>>;
+
+fn is_pod_link(l: &crate::netlink::Link) -> bool {
+    l.kind.as_deref() == Some("veth")
+}
+
+/// The interfaces the agent traces: every ENI and every veth.
+fn wanted_links(inv: &Inventory) -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = inv.enis.iter().map(|e| (e.ifindex, e.name.clone())).collect();
+    for l in inv.links.iter().filter(|l| is_pod_link(l) && inv.eni(l.index).is_none()) {
+        v.push((l.index, l.name.clone()));
+    }
+    v
+}
+
+/// Pods of this node (from their /32 routes), named from the pod cache when known.
+fn node_pods(inv: &Inventory, cache: &podsource::PodCache) -> Vec<TracedPod> {
+    let mut by_veth: HashMap<u32, TracedPod> = HashMap::new();
+    for (ip, veth) in inv.pod_routes() {
+        let meta = cache.get(&ip);
+        let p = by_veth.entry(veth.index).or_insert_with(|| TracedPod {
+            name: meta.as_ref().map(|m| m.name.clone()).unwrap_or_else(|| ip.to_string()),
+            namespace: meta.as_ref().map(|m| m.namespace.clone()).unwrap_or_default(),
+            ips: Vec::new(),
+            veth: Some(veth.index),
+            owner_eni: inv.pod_ip_owner_eni(ip).map(|e| e.name.clone()),
+        });
+        p.ips.push(ip);
+    }
+    by_veth.into_values().collect()
+}
+
+fn mono_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+struct Agent {
+    args: AgentArgs,
+    session: Session,
+    cache: podsource::PodCache,
+    state: Shared,
+    ctx: NodeContext,
+    inv: Inventory,
+    clock: Clock,
+}
+
+impl Agent {
+    fn attach(&mut self, ifindex: u32, name: &str) {
+        if self.session.tracer.is_attached(ifindex) {
+            return;
+        }
+        match self.session.tracer.attach(ifindex, name) {
+            Ok(()) => {
+                log::info!("attached to {name}");
+                self.state.write().expect("state").links_attached += 1;
+            }
+            Err(e) => {
+                // The link may already be gone again; the reconcile retries otherwise.
+                log::warn!("{e:#}");
+                self.state.write().expect("state").attach_errors += 1;
+            }
+        }
+    }
+
+    fn detach(&mut self, ifindex: u32) {
+        if self.session.tracer.is_attached(ifindex) {
+            let _ = self.session.tracer.detach(ifindex);
+            self.state.write().expect("state").links_detached += 1;
+        }
+    }
+
+    fn on_link(&mut self, ev: links::LinkEvent) {
+        match ev {
+            links::LinkEvent::New(l) if is_pod_link(&l) => self.attach(l.index, &l.name),
+            links::LinkEvent::New(_) => {}
+            links::LinkEvent::Gone(i) => self.detach(i),
+        }
+    }
+
+    /// Full re-scan: attach what is missing, detach what is gone, refresh the node context.
+    fn reconcile(&mut self) -> Result<()> {
+        self.inv = Inventory::read(&self.args.enis)?;
+        let want = wanted_links(&self.inv);
+        let want_set: HashSet<u32> = want.iter().map(|(i, _)| *i).collect();
+        for (i, name) in &want {
+            self.attach(*i, name);
+        }
+        let stale: Vec<u32> =
+            self.session.tracer.attached().map(|(i, _)| i).filter(|i| !want_set.contains(i)).collect();
+        for i in stale {
+            self.detach(i);
+        }
+        self.ctx = trace::node_context(&self.inv, NatRules::read());
+        Ok(())
+    }
+
+    fn poll(&mut self) -> Result<()> {
+        // Routes change with pods: a cheap re-read keeps pod names and roles current.
+        self.inv = Inventory::read(&self.args.enis)?;
+        self.ctx.ifaces = trace::node_context(&self.inv, NatRules::default()).ifaces;
+        let pods = node_pods(&self.inv, &self.cache);
+        let snap = self.session.poll()?;
+        let hops: Vec<_> = self.session.hops.iter().copied().collect();
+        let obs = Observations { entries: &snap.entries, hops: &hops, conntrack: &snap.conntrack };
+        let mut reports = flows::assemble(&obs, &self.ctx, &pods, self.clock);
+        drops::attach(&mut reports, &snap.drops, &snap.retransmits, &self.session.names);
+
+        // Expiry and the hard cap.
+        let now_ms = self.clock.unix_ms(mono_ns());
+        let idle_ms = self.args.idle_timeout.as_millis() as u64;
+        reports.sort_by_key(|f| std::cmp::Reverse(f.last_seen_ms));
+        let mut expired: Vec<FlowReport> = Vec::new();
+        let (mut n_expired, mut n_evicted) = (0, 0);
+        let mut keep = Vec::with_capacity(reports.len());
+        for f in reports {
+            if now_ms.saturating_sub(f.last_seen_ms) > idle_ms {
+                n_expired += 1;
+                expired.push(f);
+            } else if keep.len() >= self.args.max_tracked_flows {
+                n_evicted += 1;
+                expired.push(f);
+            } else {
+                keep.push(f);
+            }
+        }
+        let active: HashSet<_> = keep.iter().flat_map(|f| f.tuples.iter().copied()).collect();
+        let idle_ns = self.args.idle_timeout.as_nanos() as u64;
+        let now = mono_ns();
+        let doomed: HashSet<_> = expired.iter().flat_map(|f| f.tuples.iter().copied()).collect();
+        let delete: Vec<FlowKey> = snap
+            .entries
+            .iter()
+            .filter(|(k, s)| {
+                doomed.contains(&k.tuple)
+                    || (now.saturating_sub(s.last_ns) > idle_ns && !active.contains(&k.tuple))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        if !delete.is_empty() {
+            maps::delete_flows(&mut self.session.tracer.ebpf, &delete)?;
+            let gone: HashSet<_> = delete.iter().map(|k| k.tuple).collect();
+            self.session.forget_hops(|h| !gone.contains(&h.from.tuple) && !gone.contains(&h.to.tuple));
+        }
+        let fill = maps::flow_table_fill(&self.session.tracer.ebpf).unwrap_or((snap.entries.len(), 0));
+        let attached = self.session.tracer.attached().map(|(_, n)| n.to_string()).collect();
+        let mut st = self.state.write().expect("state");
+        for f in &expired {
+            let e = st
+                .expired_totals
+                .entry((f.pod.clone(), f.namespace.clone(), f.eni.clone().unwrap_or_else(|| "none".into())))
+                .or_default();
+            e.0 += f.packets;
+            e.1 += f.bytes;
+        }
+        st.flows_expired += n_expired;
+        st.flows_evicted += n_evicted;
+        keep.sort_by(|a, b| (&a.pod, a.first_seen_ms).cmp(&(&b.pod, b.first_seen_ms)));
+        st.flows = keep;
+        st.counters = snap.counters;
+        st.user = self.session.user;
+        st.table_fill = fill;
+        st.attached = attached;
+        Ok(())
+    }
+}
+
+pub async fn run(args: AgentArgs) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    preflight::check_privileges()?;
+    let btf = Btf::from_file(&preflight::check_btf()?)?;
+    let layout = btf::kernel_layout(&btf, btf::own_netns_inum())?;
+    let names = DropNames::load(&btf);
+    let inv = Inventory::read(&args.enis)?;
+    if inv.enis.is_empty() {
+        anyhow::bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
+    }
+    let cache = podsource::PodCache::default();
+    match (&args.pods_file, &args.node_name) {
+        (Some(f), _) => {
+            cache.replace(crate::pods::load_file(f)?);
+            tokio::spawn(podsource::follow_file(f.clone(), cache.clone()));
+        }
+        (None, Some(node)) => {
+            let client = kube::Client::try_default().await.context(
+                "no --pods-file and no Kubernetes API reachable (in-cluster config or KUBECONFIG)",
+            )?;
+            let (node, c) = (node.clone(), cache.clone());
+            tokio::spawn(async move {
+                if let Err(e) = podsource::follow_api(client, node, c).await {
+                    log::error!("pod watch ended: {e:#}");
+                }
+            });
+        }
+        (None, None) => log::warn!("no --pods-file and no NODE_NAME: pods are named by IP"),
+    }
+
+    let opts = LoadOptions {
+        sample_mask: args.sample_rate.next_power_of_two().max(1) - 1,
+        filter: false,
+        max_flows: args.max_flows,
+        layout: Some(layout),
+    };
+    let tracer = Tracer::load(&opts, args.attach_mode)?;
+    let want = wanted_links(&inv);
+    crate::leftovers::clean(&want);
+    let session = Session::new(tracer, None, names)?;
+    // Subscribe before the first scan so that no link created in between is missed.
+    let (tx, mut link_events) = tokio::sync::mpsc::unbounded_channel();
+    links::watch(tx)?;
+    let state: Shared = Arc::new(RwLock::new(State::default()));
+    let ctx = trace::node_context(&inv, NatRules::read());
+    let mut agent =
+        Agent { args: args.clone(), session, cache, state: state.clone(), ctx, inv, clock: Clock::now() };
+    agent.reconcile()?;
+
+    api::serve_unix(&args.socket, state.clone()).await?;
+    let _socket_file = api::SocketFile(args.socket.clone());
+    if let Some(addr) = args.listen {
+        api::serve_tcp(addr, state.clone()).await?;
+    }
+    eprintln!(
+        "podtrace: agent tracing {} interfaces, API on {}{}",
+        agent.session.tracer.attached().count(),
+        args.socket.display(),
+        args.listen.map(|a| format!(" and http://{a}")).unwrap_or_default()
+    );
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut poll = tokio::time::interval(args.poll_interval);
+    let mut last_reconcile = Instant::now();
+    loop {
+        tokio::select! {
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            Some(ev) = link_events.recv() => agent.on_link(ev),
+            _ = poll.tick() => {
+                if last_reconcile.elapsed() >= args.reconcile_interval {
+                    last_reconcile = Instant::now();
+                    if let Err(e) = agent.reconcile() {
+                        log::warn!("reconcile: {e:#}");
+                    }
+                }
+                if let Err(e) = agent.poll() {
+                    log::warn!("poll: {e:#}");
+                }
+            }
+        }
+    }
+    eprintln!("podtrace: agent stopping, detaching");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_are_grouped_by_veth_and_named_from_the_cache() {
+        use crate::netlink::{Link, Route};
+        let link = |index, name: &str, kind: Option<&str>| Link {
+            index,
+            name: name.into(),
+            mac: None,
+            kind: kind.map(str::to_string),
+            up: true,
+            mtu: 1500,
+        };
+        let route = |dst: &str, len, oif| Route {
+            table: 254,
+            dst: Some((dst.parse().unwrap(), len)),
+            gateway: None,
+            oif: Some(oif),
+            v6: false,
+        };
+        let inv = Inventory::from_parts(
+            vec![link(2, "eth0", None), link(7, "enia", Some("veth"))],
+            vec![crate::netlink::Addr { index: 2, addr: "198.18.1.10".parse().unwrap(), prefix: 24 }],
+            vec![
+                route("198.18.1.11", 32, 7),
+                Route { table: 254, dst: None, gateway: None, oif: Some(2), v6: false },
+            ],
+            vec![],
+        );
+        let cache = podsource::PodCache::default();
+        cache.replace(crate::pods::parse_pod_list(r#"{"items":[{"metadata":{"name":"web-1","namespace":"default"},"status":{"podIP":"198.18.1.11"}}]}"#).unwrap());
+        let pods = node_pods(&inv, &cache);
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[0].name, "web-1");
+        assert_eq!(pods[0].veth, Some(7));
+        assert_eq!(wanted_links(&inv), vec![(2, "eth0".to_string()), (7, "enia".to_string())]);
+        let _: std::net::IpAddr = pods[0].ips[0];
+    }
+}
