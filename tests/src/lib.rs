@@ -127,7 +127,7 @@ pub fn start_podtrace(ns: &str, args: &[&str]) -> Result<Running> {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match running.stderr.recv_timeout(left) {
             Ok(line) => {
-                let ready = line.starts_with("podtrace: tracing");
+                let ready = line.starts_with("podtrace: ") && line.contains("tracing");
                 running.stderr_seen.push(line);
                 if ready {
                     return Ok(running);
@@ -155,7 +155,8 @@ impl Running {
             o.read_to_string(&mut stdout)?;
         }
         let status = self.child.wait()?;
-        self.stderr_seen.extend(self.stderr.iter());
+        let more: Vec<String> = self.stderr.iter().collect();
+        self.stderr_seen.extend(more);
         Ok(Finished { status, stdout, stderr: self.stderr_seen.join("\n") })
     }
 
@@ -163,6 +164,16 @@ impl Running {
     pub fn signal(self, sig: nix::sys::signal::Signal) -> Result<Finished> {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig)?;
         self.finish()
+    }
+}
+
+impl Drop for Running {
+    /// A test that fails half-way must not leave podtrace running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -206,4 +217,97 @@ pub fn hops(path: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// Strict parser of the Prometheus / OpenMetrics text format: every line must be a comment
+/// (`# HELP`, `# TYPE`, `# EOF`) or a well-formed sample.
+pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |why: &str| anyhow::anyhow!("line {}: {why}: {line:?}", i + 1);
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(c) = line.strip_prefix("# ") {
+            let mut w = c.split_whitespace();
+            match w.next() {
+                Some("HELP") | Some("TYPE") => {
+                    let name = w.next().ok_or_else(|| bad("comment without a metric name"))?;
+                    if !valid_name(name) {
+                        return Err(bad("bad metric name"));
+                    }
+                }
+                Some("EOF") => {}
+                _ => return Err(bad("unknown comment")),
+            }
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').ok_or_else(|| bad("no value"))?;
+        let value: f64 = value.parse().map_err(|_| bad("value is not a number"))?;
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}').ok_or_else(|| bad("unclosed labels"))?),
+            None => (series, ""),
+        };
+        if !valid_name(name) {
+            return Err(bad("bad metric name"));
+        }
+        let map = parse_labels(labels).ok_or_else(|| bad("malformed labels"))?;
+        out.push(Sample { name: name.to_string(), labels: map, value });
+    }
+    Ok(out)
+}
+
+/// GETs a path from an agent's unix socket; returns (status code, body).
+pub fn agent_get(socket: &std::path::Path, method: &str, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    write!(s, "{method} {path} HTTP/1.0\r\nHost: test\r\nContent-Length: 0\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
+/// `k="v",k2="v2"` with `\\`, `\"` and `\n` escapes in values.
+fn parse_labels(s: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut map = std::collections::BTreeMap::new();
+    let mut chars = s.chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() || chars.next()? != '"' {
+            return None;
+        }
+        let mut value = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        map.insert(key, value);
+        match chars.next() {
+            None => break,
+            Some(',') => continue,
+            Some(_) => return None,
+        }
+    }
+    Some(map)
 }

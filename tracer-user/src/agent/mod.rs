@@ -325,6 +325,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut agent =
         Agent { args: args.clone(), session, cache, state: state.clone(), ctx, inv, clock: Clock::now() };
     agent.reconcile()?;
+    // A first snapshot before the API answers: /healthz is true from the first request on.
+    agent.poll()?;
 
     api::serve_unix(&args.socket, state.clone()).await?;
     let _socket_file = api::SocketFile(args.socket.clone());

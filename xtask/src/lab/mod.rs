@@ -109,6 +109,72 @@ impl Lab {
     }
 }
 
+/// A pod created after the lab is up (churn tests, benchmarks), wired exactly like the plan's
+/// pods: namespace, veth, routes, rules, and the VPC's route and source check for its IP.
+pub struct ExtraPod {
+    pub pod: plan::Pod,
+    node_netns: String,
+    vpc_netns: String,
+    vpc_link: String,
+    eni_ip: std::net::Ipv4Addr,
+    table: Option<u32>,
+}
+
+impl Lab {
+    /// Creates pod `name` on `node` with the `host`-th address of the ENI with device number
+    /// `device` (e.g. device 0, host 50 on node-a: 198.18.1.50 on eth0).
+    pub fn add_pod(&self, name: &str, node: &str, device: u8, host: u8) -> Result<ExtraPod> {
+        let n = self.plan.node(node).with_context(|| format!("no node {node}"))?;
+        let eni = n.enis.get(device as usize).with_context(|| format!("{node} has no ENI {device}"))?;
+        let o = eni.ip.octets();
+        let pod = plan::Pod {
+            name: name.into(),
+            namespace: "default".into(),
+            netns: format!("{}{name}", self.plan.prefix),
+            node: node.into(),
+            ip: std::net::Ipv4Addr::new(o[0], o[1], o[2], host),
+            ipv6: None,
+            eni: eni.name.clone(),
+            veth: plan::veth_name("default", name),
+            labels: vec![],
+        };
+        netns::add(&pod.netns)?;
+        self.adopt_netns(&pod.netns)?;
+        let extra = ExtraPod {
+            node_netns: n.netns.clone(),
+            vpc_netns: self.plan.vpc_netns.clone(),
+            vpc_link: eni.vpc_link.clone(),
+            eni_ip: eni.ip,
+            table: eni.table(),
+            pod,
+        };
+        netns::ip_batch(&extra.node_netns, &render::pod_on_node(n, &extra.pod))?;
+        netns::ip_batch(&extra.pod.netns, &render::pod(&extra.pod).ip)?;
+        let ip = extra.pod.ip.to_string();
+        netns::ip_batch(&extra.vpc_netns, &[format!("route add {ip}/32 via {} dev {}", extra.eni_ip, extra.vpc_link)])?;
+        let check = ["-t", "raw", "-I", "VPC-SRC-DST-CHECK", "-i", &extra.vpc_link, "-s", &ip, "-j", "RETURN"];
+        netns::run("ip", &[&["netns", "exec", &extra.vpc_netns, "iptables"][..], &check[..]].concat())?;
+        Ok(extra)
+    }
+}
+
+impl ExtraPod {
+    /// Deletes the pod like the CNI's DEL: its namespace (and so its veth pair), its rules,
+    /// and the VPC's route and check for its IP.
+    pub fn delete(&self) -> Result<()> {
+        netns::del(&self.pod.netns)?;
+        let ip = self.pod.ip.to_string();
+        let mut node = vec![format!("rule del to {ip}/32 lookup main pref 512")];
+        if let Some(t) = self.table {
+            node.push(format!("rule del from {ip}/32 lookup {t} pref 1536"));
+        }
+        netns::ip_batch(&self.node_netns, &node)?;
+        netns::ip_batch(&self.vpc_netns, &[format!("route del {ip}/32 via {} dev {}", self.eni_ip, self.vpc_link)])?;
+        let check = ["-t", "raw", "-D", "VPC-SRC-DST-CHECK", "-i", &self.vpc_link, "-s", &ip, "-j", "RETURN"];
+        netns::run("ip", &[&["netns", "exec", &self.vpc_netns, "iptables"][..], &check[..]].concat())
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if let Some(mut s) = self.servers.take() {

@@ -20,10 +20,32 @@ fn sysctl(k: impl Into<String>, v: &str) -> (String, String) {
     (k.into(), v.to_string())
 }
 
-/// MAC of a pod's host-side veth: the pod's permanent neighbour entry for 169.254.1.1.
-pub fn host_veth_mac(plan: &Plan, pod: &Pod) -> String {
-    let i = plan.pods.iter().position(|p| p.name == pod.name).unwrap_or(0);
-    format!("02:00:00:ee:{i:02x}:01")
+/// MAC of a pod's host-side veth (the pod's permanent neighbour entry for 169.254.1.1),
+/// derived from the pod IP so it is unique and stable.
+pub fn host_veth_mac(pod: &Pod) -> String {
+    let o = pod.ip.octets();
+    format!("02:ee:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// The node side of one pod, as the CNI plugin sets it up: host veth, /32 route, rule 512 and,
+/// for a secondary-ENI IP, rule 1536.
+pub fn pod_on_node(node: &super::plan::Node, pod: &Pod) -> Vec<String> {
+    let v = &pod.veth;
+    let mut ip = vec![
+        format!("link add {v} address {} type veth peer name eth0 netns {}", host_veth_mac(pod), pod.netns),
+        format!("link set {v} mtu 9001 up"),
+        format!("route replace {}/32 dev {v} scope link", pod.ip),
+        format!("rule add to {}/32 lookup main pref 512", pod.ip),
+    ];
+    let eni = node.enis.iter().find(|e| e.name == pod.eni).expect("pod ENI");
+    if let Some(t) = eni.table() {
+        ip.push(format!("rule add from {}/32 lookup {t} pref 1536", pod.ip));
+    }
+    if let Some(v6) = pod.ipv6 {
+        ip.push(format!("addr add fe80::1/64 dev {v} nodad"));
+        ip.push(format!("route add {v6}/128 dev {v}"));
+    }
+    ip
 }
 
 /// The VPC router: one link per ENI (the subnet gateway), per-IP routes to the owning ENI
@@ -137,20 +159,7 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
         ip.push(format!("route add default via {} dev {}", super::plan::v6(sub, 1), primary.name));
     }
     for pod in plan.pods_on(&node.name) {
-        let v = &pod.veth;
-        let mac = host_veth_mac(plan, pod);
-        ip.push(format!("link add {v} address {mac} type veth peer name eth0 netns {}", pod.netns));
-        ip.push(format!("link set {v} mtu 9001 up"));
-        ip.push(format!("route replace {}/32 dev {v} scope link", pod.ip));
-        ip.push(format!("rule add to {}/32 lookup main pref 512", pod.ip));
-        let eni = node.enis.iter().find(|e| e.name == pod.eni).expect("pod ENI");
-        if let Some(t) = eni.table() {
-            ip.push(format!("rule add from {}/32 lookup {t} pref 1536", pod.ip));
-        }
-        if let Some(v6) = pod.ipv6 {
-            ip.push(format!("addr add fe80::1/64 dev {v} nodad"));
-            ip.push(format!("route add {v6}/128 dev {v}"));
-        }
+        ip.extend(pod_on_node(node, pod));
     }
     NsConfig {
         netns: node.netns.clone(),
@@ -284,8 +293,8 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
 }
 
 /// A pod namespace, exactly as the CNI plugin configures it.
-pub fn pod(plan: &Plan, pod: &Pod) -> NsConfig {
-    let mac = host_veth_mac(plan, pod);
+pub fn pod(pod: &Pod) -> NsConfig {
+    let mac = host_veth_mac(pod);
     let mut ip = vec![
         "link set lo up".to_string(),
         "link set eth0 mtu 9001 up".to_string(),
@@ -324,6 +333,6 @@ pub fn all(plan: &Plan) -> Vec<NsConfig> {
     let mut v = vec![vpc(plan)];
     v.extend(plan.nodes.iter().map(|n| node(plan, &n.name)));
     v.extend(plan.hosts.iter().map(host));
-    v.extend(plan.pods.iter().map(|p| pod(plan, p)));
+    v.extend(plan.pods.iter().map(pod));
     v
 }
