@@ -25,7 +25,11 @@ fn links_of(pid: u32) -> Result<usize> {
         .count())
 }
 
-fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<(T, Duration)> {
+fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<(T, Duration)> {
     let start = Instant::now();
     loop {
         if let Some(v) = f()? {
@@ -59,7 +63,9 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
     let samples = parse_prometheus(text)?;
     Ok(samples
         .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|s| s.value)
         .sum())
 }
@@ -109,7 +115,11 @@ fn agent_follows_pod_churn_serves_flows_and_metrics_and_leaks_nothing() -> Resul
 
     // The pod goes away (CNI DEL): detached, links and fds back to where they were.
     pod.delete()?;
-    wait_for("links released", Duration::from_secs(3), || Ok((links_of(pid)? == before_links).then_some(())))?;
+    wait_for(
+        "links released",
+        Duration::from_secs(3),
+        || Ok((links_of(pid)? == before_links).then_some(())),
+    )?;
     wait_for("fds back to their earlier count", Duration::from_secs(3), || {
         Ok((fd_count(pid) <= fds_before).then_some(()))
     })?;

@@ -29,6 +29,11 @@ enum Cmd {
     Node(podtrace::node::NodeArgs),
     /// The node agent (DaemonSet): traces every pod and ENI, serves flows and metrics.
     Agent(podtrace::agent::AgentArgs),
+    /// Exit 0 if the agent at SOCKET answers /healthz (for liveness probes).
+    Healthz {
+        #[arg(long, default_value = "/run/podtrace/agent.sock")]
+        socket: std::path::PathBuf,
+    },
 }
 
 /// Clap's multi-line usage errors folded into one line.
@@ -84,6 +89,9 @@ fn main() -> ExitCode {
             Some(Cmd::Trace(args)) => trace::run(args).await,
             Some(Cmd::Node(args)) => podtrace::node::run(args).await,
             Some(Cmd::Agent(args)) => podtrace::agent::run(args).await,
+            Some(Cmd::Healthz { socket }) => {
+                podtrace::agent::client::get(&socket, "/healthz").map(|body| print!("{body}"))
+            }
             None => trace::run(cli.trace).await,
         }
     });

@@ -87,10 +87,19 @@ pub fn parse_selector(s: &str) -> Result<Vec<(String, String)>> {
 
 /// Lists pods from the Kubernetes API (in-cluster config or KUBECONFIG).
 pub async fn from_api(namespace: Option<&str>, field_selector: Option<&str>) -> Result<Vec<PodInfo>> {
-    use kube::api::{Api, ListParams};
     let client = kube::Client::try_default()
         .await
         .context("no pods file given and no Kubernetes API reachable (in-cluster config or KUBECONFIG); use --pods-file")?;
+    list(client, namespace, field_selector).await
+}
+
+/// Lists pods with a given client.
+pub async fn list(
+    client: kube::Client,
+    namespace: Option<&str>,
+    field_selector: Option<&str>,
+) -> Result<Vec<PodInfo>> {
+    use kube::api::{Api, ListParams};
     let api: Api<Pod> = match namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),

@@ -18,7 +18,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing needs (toolchain parts, bpf-linker, apt packages).
-    Setup,
+    Setup {
+        /// Only the build tools (rust-src, bpf-linker), no system packages (container builds).
+        #[arg(long)]
+        no_packages: bool,
+    },
     /// Run setup, build everything and run every test (unit and end-to-end; needs root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -44,14 +48,14 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Setup => setup::run(),
+        Cmd::Setup { no_packages } => setup::run(!no_packages),
         Cmd::Test { args } => {
-            setup::run()?;
+            setup::run(true)?;
             test(&args)
         }
         Cmd::Lab { cmd } => cli_lab::run(cmd),
         Cmd::Demo => {
-            setup::run()?;
+            setup::run(true)?;
             demo::run()
         }
     }

@@ -26,8 +26,10 @@ const PACKAGES: [(&str, &str); 7] = [
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-pub fn run() -> Result<()> {
-    apt_packages()?;
+pub fn run(packages: bool) -> Result<()> {
+    if packages {
+        apt_packages()?;
+    }
     rust_src()?;
     bpf_linker()?;
     Ok(())

@@ -96,7 +96,8 @@ async fn flows(AxState(state): AxState<Shared>, RawQuery(q): RawQuery) -> Respon
 
 async fn metrics(AxState(state): AxState<Shared>) -> Response {
     let body = super::metrics::render(&state.read().expect("agent state lock"));
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
 }
 
 async fn healthz(AxState(state): AxState<Shared>) -> Response {

@@ -151,8 +151,12 @@ impl Lab {
         netns::ip_batch(&extra.node_netns, &render::pod_on_node(n, &extra.pod))?;
         netns::ip_batch(&extra.pod.netns, &render::pod(&extra.pod).ip)?;
         let ip = extra.pod.ip.to_string();
-        netns::ip_batch(&extra.vpc_netns, &[format!("route add {ip}/32 via {} dev {}", extra.eni_ip, extra.vpc_link)])?;
-        let check = ["-t", "raw", "-I", "VPC-SRC-DST-CHECK", "-i", &extra.vpc_link, "-s", &ip, "-j", "RETURN"];
+        netns::ip_batch(
+            &extra.vpc_netns,
+            &[format!("route add {ip}/32 via {} dev {}", extra.eni_ip, extra.vpc_link)],
+        )?;
+        let check =
+            ["-t", "raw", "-I", "VPC-SRC-DST-CHECK", "-i", &extra.vpc_link, "-s", &ip, "-j", "RETURN"];
         netns::run("ip", &[&["netns", "exec", &extra.vpc_netns, "iptables"][..], &check[..]].concat())?;
         Ok(extra)
     }
@@ -169,7 +173,10 @@ impl ExtraPod {
             node.push(format!("rule del from {ip}/32 lookup {t} pref 1536"));
         }
         netns::ip_batch(&self.node_netns, &node)?;
-        netns::ip_batch(&self.vpc_netns, &[format!("route del {ip}/32 via {} dev {}", self.eni_ip, self.vpc_link)])?;
+        netns::ip_batch(
+            &self.vpc_netns,
+            &[format!("route del {ip}/32 via {} dev {}", self.eni_ip, self.vpc_link)],
+        )?;
         let check = ["-t", "raw", "-D", "VPC-SRC-DST-CHECK", "-i", &self.vpc_link, "-s", &ip, "-j", "RETURN"];
         netns::run("ip", &[&["netns", "exec", &self.vpc_netns, "iptables"][..], &check[..]].concat())
     }
