@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::Result;
 use xtask::netns;
 
+pub mod packets;
+
 /// A namespace prefix unique to this test process and call, e.g. `t1234x3-`.
 pub fn unique_prefix(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
