@@ -313,3 +313,52 @@ fn parse_labels(s: &str) -> Option<std::collections::BTreeMap<String, String>> {
     }
     Some(map)
 }
+
+/// Raw BPF syscalls the tests need on programs owned by another process (a running podtrace):
+/// open a program by id and run it on a packet (BPF_PROG_TEST_RUN).
+pub mod bpf {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use anyhow::{Result, bail};
+
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+
+    fn sys_bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> libc::c_long {
+        // SAFETY: attr is a zero-initialised buffer larger than union bpf_attr's used part.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), std::mem::size_of_val(attr)) }
+    }
+
+    pub fn prog_fd_by_id(id: u32) -> Result<OwnedFd> {
+        let mut attr = [0u64; 16];
+        attr[0] = id as u64; // prog_id (u32) + next_id
+        let fd = sys_bpf(BPF_PROG_GET_FD_BY_ID, &mut attr);
+        if fd < 0 {
+            bail!("BPF_PROG_GET_FD_BY_ID {id}: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: the kernel returned a new fd.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Runs a TC program once on `data` with `skb->ifindex = ifindex` (interface of the calling
+    /// thread's network namespace). Returns the program's verdict.
+    pub fn test_run(prog: &OwnedFd, data: &[u8], ifindex: u32) -> Result<i32> {
+        let mut ctx = [0u8; 192]; // struct __sk_buff
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; data.len() + 256];
+        let mut attr = [0u64; 16];
+        // struct { u32 prog_fd, retval, data_size_in, data_size_out; u64 data_in, data_out;
+        //          u32 repeat, duration, ctx_size_in, ctx_size_out; u64 ctx_in, ctx_out; ... }
+        attr[0] = prog.as_raw_fd() as u64;
+        attr[1] = data.len() as u64 | ((out.len() as u64) << 32);
+        attr[2] = data.as_ptr() as u64;
+        attr[3] = out.as_mut_ptr() as u64;
+        attr[4] = 1; // repeat
+        attr[5] = ctx.len() as u64;
+        attr[6] = ctx.as_ptr() as u64;
+        if sys_bpf(BPF_PROG_TEST_RUN, &mut attr) < 0 {
+            bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+        }
+        Ok((attr[0] >> 32) as u32 as i32)
+    }
+}

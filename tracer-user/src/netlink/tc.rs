@@ -82,10 +82,20 @@ pub fn delete_filter(f: &BpfFilter) -> Result<()> {
     request(RouteNetlinkMessage::DelTrafficFilter(msg))
 }
 
-/// Deletes the clsact qdisc, but only if no filter is left on it (someone else's filter keeps
-/// it alive: podtrace never removes what it did not create).
+/// Whether any filter of any kind sits on the interface's clsact ingress or egress parent.
+pub fn has_filters(ifindex: u32) -> bool {
+    [PARENT_INGRESS, PARENT_EGRESS].into_iter().any(|parent| {
+        let mut req = TcMessage::with_index(ifindex as i32);
+        req.header.parent = parent.into();
+        dump(RouteNetlinkMessage::GetTrafficFilter(req))
+            .is_ok_and(|m| m.iter().any(|m| matches!(m, RouteNetlinkMessage::NewTrafficFilter(_))))
+    })
+}
+
+/// Deletes the clsact qdisc, but only if no filter of any kind is left on it (someone else's
+/// filter keeps it alive: podtrace never removes what others use).
 pub fn delete_clsact(ifindex: u32) -> Result<()> {
-    if !bpf_filters(ifindex)?.is_empty() {
+    if has_filters(ifindex) {
         return Ok(());
     }
     let mut msg = TcMessage::with_index(ifindex as i32);

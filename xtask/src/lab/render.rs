@@ -94,7 +94,7 @@ pub fn vpc(plan: &Plan) -> NsConfig {
     for h in &plan.hosts {
         let l = &h.vpc_link;
         ip.push(format!("link add {l} type veth peer name eth0 netns {}", h.netns));
-        ip.push(format!("link set {l} up"));
+        ip.push(format!("link set {l} mtu 9001 up"));
         ip.push(format!("addr add {}/{} dev {l}", h.gateway, h.prefix_len));
         if let Some(v6) = h.ipv6 {
             let seg = v6.segments();
@@ -315,7 +315,7 @@ pub fn pod(pod: &Pod) -> NsConfig {
 pub fn host(h: &super::plan::Host) -> NsConfig {
     let mut ip = vec![
         "link set lo up".to_string(),
-        "link set eth0 up".to_string(),
+        "link set eth0 mtu 9001 up".to_string(),
         format!("addr add {}/{} dev eth0", h.ip, h.prefix_len),
         format!("route add default via {}", h.gateway),
     ];
