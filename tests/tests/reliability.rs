@@ -406,14 +406,14 @@ fn forced_map_full_and_ring_overflow_are_counted_exactly() -> Result<()> {
     let out = running.signal(Signal::SIGINT)?;
     assert_eq!(out.summary()["counters"]["flow_map_full"], 84, "{}", out.stderr);
 
-    // 2. The ring buffer, with podtrace stopped so nobody drains it: 3000 hop events, room for
-    //    floor(256 KiB / (8-byte header + 112-byte event)) = 2184, so exactly 816 are lost.
+    // 2. The ring buffer, with podtrace stopped so nobody drains it: 10 000 hop events, room
+    //    for floor(1 MiB / (8-byte header + 112-byte event)) = 8738, so exactly 1262 are lost.
     let running = start(&lab, &trace_args(&lab, "tcx"))?;
     let ingress = program_fd(&lab, &veth, TcAttachType::Ingress)?;
     let egress = program_fd(&lab, "eth1", TcAttachType::Egress)?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(running.pid() as i32), Signal::SIGSTOP)?;
     in_ns(&lab, "node-a", || {
-        for i in 0..3000 {
+        for i in 0..10_000 {
             let p = udp_from_web2(&lab, 30_000 + i);
             bpf::test_run(&ingress, &p, veth_idx)?;
             bpf::test_run(&egress, &p, eth1_idx)?;
@@ -424,9 +424,9 @@ fn forced_map_full_and_ring_overflow_are_counted_exactly() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     let out = running.signal(Signal::SIGINT)?;
     let c = &out.summary()["counters"];
-    assert_eq!(c["ringbuf_full"], 816, "{}", out.stderr);
-    assert_eq!(c["samples_dropped"], 816);
-    assert_eq!(c["hop_events"], 2184);
+    assert_eq!(c["ringbuf_full"], 1262, "{}", out.stderr);
+    assert_eq!(c["samples_dropped"], 1262);
+    assert_eq!(c["hop_events"], 8738);
     Ok(())
 }
 

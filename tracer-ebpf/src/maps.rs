@@ -17,7 +17,7 @@ pub static SIGHTINGS: LruHashMap<u64, Sighting> = LruHashMap::with_max_entries(1
 
 /// Hop events (the same packet at two consecutive hooks), read by user space.
 #[map(name = "HOPS")]
-pub static HOPS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+pub static HOPS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 /// Global counters, see `tracer_common::counter`.
 #[map(name = "COUNTERS")]

@@ -132,6 +132,9 @@ pub struct HopLatency {
     pub p90: f64,
     pub p99: f64,
     pub samples: usize,
+    /// The sampled delays themselves (µs, sorted), for aggregations such as `compare`.
+    #[serde(skip)]
+    pub values_us: Vec<f64>,
 }
 
 /// A drop of this flow's packets, filled in by the drops collector.
@@ -618,6 +621,7 @@ fn latencies(comp: &Component, ctx: &NodeContext) -> Vec<HopLatency> {
                 p90: round2(percentile(&v, 90.0)),
                 p99: round2(percentile(&v, 99.0)),
                 samples: v.len(),
+                values_us: v,
             }
         })
         .collect()

@@ -27,6 +27,8 @@ enum Cmd {
     Trace(TraceArgs),
     /// The node's ENIs, the pod IPs each carries, IP capacity and routing health checks.
     Node(podtrace::node::NodeArgs),
+    /// NodePort (target-type instance) vs pod IP (target-type ip), measured side by side.
+    Compare(podtrace::compare::CompareArgs),
     /// The node agent (DaemonSet): traces every pod and ENI, serves flows and metrics.
     Agent(podtrace::agent::AgentArgs),
     /// Exit 0 if the agent at SOCKET answers /healthz (for liveness probes).
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
             Some(Cmd::Trace(args)) => trace::run(args).await,
             Some(Cmd::Node(args)) => podtrace::node::run(args).await,
             Some(Cmd::Agent(args)) => podtrace::agent::run(args).await,
+            Some(Cmd::Compare(args)) => podtrace::compare::run(args).await,
             Some(Cmd::Healthz { socket }) => {
                 podtrace::agent::client::get(&socket, "/healthz").map(|body| print!("{body}"))
             }

@@ -29,6 +29,15 @@ const CT_RETENTION: Duration = Duration::from_secs(600);
 /// Conntrack entries kept at most (oldest dropped first, counted in `conntrack_evicted`).
 const MAX_CONNTRACK: usize = 131_072;
 
+/// The hop-event ring buffer's descriptor (owned by the session), for `tokio::io::unix::AsyncFd`.
+pub struct RingFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
 /// Losses that happen in user space, reported next to the kernel counters.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct UserCounters {
@@ -103,6 +112,12 @@ impl Session {
             user: UserCounters::default(),
             names,
         })
+    }
+
+    /// The ring buffer's fd, to wait for hop events (epoll) instead of polling on a timer.
+    pub fn ring_fd(&self) -> RingFd {
+        use std::os::fd::AsRawFd;
+        RingFd(self.ring.as_raw_fd())
     }
 
     /// Moves every pending hop event from the ring buffer into memory.

@@ -270,10 +270,19 @@ async fn follow(session: &mut Session, t: &Targets, args: &TraceArgs) -> Result<
     let (mut last_poll, mut last_json) = (start, start);
     let mut vanished = Vec::new();
     let mut stdout = std::io::stdout();
+    let ring = tokio::io::unix::AsyncFd::with_interest(session.ring_fd(), tokio::io::Interest::READABLE)?;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            // Hop events are drained as soon as the kernel signals them, not on a timer.
+            ready = ring.readable() => {
+                if let Ok(mut guard) = ready {
+                    session.drain_hops();
+                    guard.clear_ready();
+                }
+                continue;
+            }
             _ = tick.tick() => {}
         }
         session.drain_hops();

@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: setup, test, lab, demo, compare, bench.
 mod cli_lab;
+mod compare;
 mod demo;
 mod setup;
 
@@ -32,6 +33,15 @@ enum Cmd {
     /// Run setup, build podtrace, bring up the lab and trace web-2 while the brief's traffic
     /// cases run (VPC host, internet, NodePort, pod IP, ClusterIP); tear the lab down.
     Demo,
+    /// On the lab: the same load through node-a's NodePort and straight to web-2's pod IP,
+    /// measured by `podtrace compare`; report and SVG under target/compare/.
+    Compare {
+        #[arg(long, value_enum, default_value = "cluster")]
+        etp: xtask::lab::Etp,
+        /// Requests per mode.
+        #[arg(long, default_value_t = 400)]
+        requests: u32,
+    },
     /// The namespace lab: a two-node EKS datapath (see `cargo xtask lab --help`).
     Lab {
         #[command(subcommand)]
@@ -54,6 +64,10 @@ fn run(cli: Cli) -> Result<()> {
             test(&args)
         }
         Cmd::Lab { cmd } => cli_lab::run(cmd),
+        Cmd::Compare { etp, requests } => {
+            setup::run(true)?;
+            compare::run(etp, requests)
+        }
         Cmd::Demo => {
             setup::run(true)?;
             demo::run()

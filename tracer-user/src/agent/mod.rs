@@ -343,11 +343,19 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut poll = tokio::time::interval(args.poll_interval);
     let mut last_reconcile = Instant::now();
+    let ring =
+        tokio::io::unix::AsyncFd::with_interest(agent.session.ring_fd(), tokio::io::Interest::READABLE)?;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             Some(ev) = link_events.recv() => agent.on_link(ev),
+            ready = ring.readable() => {
+                if let Ok(mut guard) = ready {
+                    agent.session.drain_hops();
+                    guard.clear_ready();
+                }
+            }
             _ = poll.tick() => {
                 if last_reconcile.elapsed() >= args.reconcile_interval {
                     last_reconcile = Instant::now();
