@@ -244,7 +244,7 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let ring = tokio::io::unix::AsyncFd::with_interest(session.ring_fd(), tokio::io::Interest::READABLE)?;
+    let ring = session.watch_ring()?;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,

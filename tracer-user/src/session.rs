@@ -114,10 +114,15 @@ impl Session {
         })
     }
 
-    /// The ring buffer's fd, to wait for hop events (epoll) instead of polling on a timer.
-    pub fn ring_fd(&self) -> RingFd {
+    /// Registers the ring buffer with the tokio reactor, to wait for hop events (epoll)
+    /// instead of polling on a timer. Drop the returned handle before the session.
+    pub fn watch_ring(&self) -> Result<tokio::io::unix::AsyncFd<RingFd>> {
         use std::os::fd::AsRawFd;
-        RingFd(self.ring.as_raw_fd())
+        let fd = RingFd(self.ring.as_raw_fd());
+        // SAFETY: the fd belongs to `self.ring`, which stays open for the session's lifetime;
+        // callers keep the AsyncFd shorter-lived than the session (it lives in their loop).
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("watching the hop ring buffer: {}", e.into_parts().1))
     }
 
     /// Moves every pending hop event from the ring buffer into memory.

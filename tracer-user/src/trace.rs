@@ -270,7 +270,7 @@ async fn follow(session: &mut Session, t: &Targets, args: &TraceArgs) -> Result<
     let (mut last_poll, mut last_json) = (start, start);
     let mut vanished = Vec::new();
     let mut stdout = std::io::stdout();
-    let ring = tokio::io::unix::AsyncFd::with_interest(session.ring_fd(), tokio::io::Interest::READABLE)?;
+    let ring = session.watch_ring()?;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,

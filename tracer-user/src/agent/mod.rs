@@ -343,8 +343,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut poll = tokio::time::interval(args.poll_interval);
     let mut last_reconcile = Instant::now();
-    let ring =
-        tokio::io::unix::AsyncFd::with_interest(agent.session.ring_fd(), tokio::io::Interest::READABLE)?;
+    let ring = agent.session.watch_ring()?;
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
