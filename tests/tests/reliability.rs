@@ -413,6 +413,10 @@ fn forced_map_full_and_ring_overflow_are_counted_exactly() -> Result<()> {
     let egress = program_fd(&lab, "eth1", TcAttachType::Egress)?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(running.pid() as i32), Signal::SIGSTOP)?;
     in_ns(&lab, "node-a", || {
+        // Sightings are kept per CPU: both hooks of a packet must run on the same one.
+        let mut one_cpu = nix::sched::CpuSet::new();
+        one_cpu.set(0)?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one_cpu)?;
         for i in 0..10_000 {
             let p = udp_from_web2(&lab, 30_000 + i);
             bpf::test_run(&ingress, &p, veth_idx)?;

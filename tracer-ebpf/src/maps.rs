@@ -2,7 +2,7 @@
 //! flow and drop tables at load time (`--max-flows`).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, Sighting, Tuple, counter};
 
@@ -11,9 +11,23 @@ use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, Sighting, Tuple, cou
 #[map(name = "FLOWS")]
 pub static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(65536, 0);
 
-/// Last sighting of each sampled packet signature. LRU: old signatures age out by design.
+/// The last sampled packet seen on this CPU in one slot of a direct-mapped table, chosen by
+/// signature. An array lookup is inlined by the verifier (no hashing, no locks, no LRU
+/// eviction); a later signature in the same slot simply replaces an older one. Per CPU, because
+/// a packet crosses its ingress and egress hooks on the same CPU (softirq) and that keeps
+/// concurrent writers off each slot.
 #[map(name = "SIGHTINGS")]
-pub static SIGHTINGS: LruHashMap<u64, Sighting> = LruHashMap::with_max_entries(16384, 0);
+pub static SIGHTINGS: PerCpuArray<SightingSlot> = PerCpuArray::with_max_entries(SIGHTING_SLOTS, 0);
+
+/// Slots per CPU in `SIGHTINGS` (a power of two).
+pub const SIGHTING_SLOTS: u32 = 8192;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SightingSlot {
+    pub sig: u64,
+    pub at: Sighting,
+}
 
 /// Hop events (the same packet at two consecutive hooks), read by user space.
 #[map(name = "HOPS")]

@@ -108,27 +108,34 @@ impl Tracer {
             }
         }
         let ingress = self.attach_one(ifindex, ifname, TcAttachType::Ingress);
-        let egress = match &ingress {
-            Ok(_) => self.attach_one(ifindex, ifname, TcAttachType::Egress),
-            Err(_) => Err(anyhow!("not attempted")),
-        };
-        match (ingress, egress) {
-            (Ok(ingress), Ok(egress)) => {
+        let both = ingress.and_then(|ingress| match self.attach_one(ifindex, ifname, TcAttachType::Egress) {
+            Ok(egress) => Ok((ingress, egress)),
+            Err(e) => {
+                // Leave nothing half-attached.
+                let _ = classifier(&mut self.ebpf, names::PROG_TC_INGRESS).map(|p| p.detach(ingress));
+                Err(e)
+            }
+        });
+        match both {
+            Ok((ingress, egress)) => {
                 let a = Attached { ifname: ifname.to_string(), ingress, egress, created_clsact };
                 self.attached.insert(ifindex, a);
                 Ok(())
             }
-            (ingress, egress) => {
-                // Leave nothing half-attached.
-                if let Ok(id) = ingress {
-                    let _ = classifier(&mut self.ebpf, names::PROG_TC_INGRESS)?.detach(id);
-                }
+            Err(e) => {
                 if created_clsact {
                     let _ = crate::netlink::tc::delete_clsact(ifindex);
                 }
-                Err(egress.err().unwrap_or_else(|| anyhow!("attach failed")))
+                Err(e)
             }
         }
+    }
+
+    /// Attaches to many interfaces; returns the failures with the interface name. (Each tcx
+    /// attach waits for an RCU grace period under the RTNL lock in the kernel, about 10 ms, so
+    /// attaching in parallel would not be faster.)
+    pub fn attach_many(&mut self, ifaces: &[(u32, String)]) -> Vec<(String, anyhow::Error)> {
+        ifaces.iter().filter_map(|(i, n)| self.attach(*i, n).err().map(|e| (n.clone(), e))).collect()
     }
 
     fn attach_one(

@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    env_logger::Builder::new().filter_level(level).format_target(false).init();
+    env_logger::Builder::new().filter_level(level).format_target(false).format_timestamp_millis().init();
     // The agent serves its API while it polls the kernel: give it worker threads.
     let rt = match &cli.cmd {
         Some(Cmd::Agent(_)) => {

@@ -203,8 +203,8 @@ pub fn start_session(t: &Targets, args: &TraceArgs, filter: bool) -> Result<Sess
     if filter {
         crate::maps::set_addr_filter(&mut tracer.ebpf, &t.filter)?;
     }
-    for (ifindex, name) in &t.attach {
-        tracer.attach(*ifindex, name)?;
+    if let Some((_, e)) = tracer.attach_many(&t.attach).into_iter().next() {
+        return Err(e);
     }
     let interesting: HashSet<[u8; 16]> = t.filter.iter().map(|ip| addr::to_key(*ip)).collect();
     Session::new(tracer, filter.then_some(interesting), names)

@@ -42,6 +42,15 @@ enum Cmd {
         #[arg(long, default_value_t = 400)]
         requests: u32,
     },
+    /// Measure podtrace's overhead on the lab and write BENCHMARKS.md (release builds).
+    Bench {
+        /// Short runs (< 3 minutes), for CI smoke tests.
+        #[arg(long)]
+        quick: bool,
+        /// Print the report only; leave BENCHMARKS.md alone.
+        #[arg(long)]
+        no_write: bool,
+    },
     /// The namespace lab: a two-node EKS datapath (see `cargo xtask lab --help`).
     Lab {
         #[command(subcommand)]
@@ -68,6 +77,10 @@ fn run(cli: Cli) -> Result<()> {
             setup::run(true)?;
             compare::run(etp, requests)
         }
+        Cmd::Bench { quick, no_write } => {
+            setup::run(true)?;
+            bench(quick, no_write)
+        }
         Cmd::Demo => {
             setup::run(true)?;
             demo::run()
@@ -93,4 +106,40 @@ fn test(extra: &[String]) -> Result<()> {
     let mut args = vec!["test"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
+}
+
+fn bench(quick: bool, no_write: bool) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
+    }
+    cargo(&[
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "tracer-user",
+        "--bin",
+        "podtrace",
+        "-p",
+        "tests",
+        "--bin",
+        "bench",
+    ])?;
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let mut cmd = Command::new(target.join("release/bench"));
+    cmd.arg("--podtrace").arg(target.join("release/podtrace"));
+    if quick {
+        cmd.arg("--quick");
+    }
+    if !no_write {
+        cmd.arg("--out").arg(root.join("BENCHMARKS.md"));
+    }
+    let status = cmd.status().context("running the benchmarks")?;
+    if !status.success() {
+        bail!("benchmarks failed");
+    }
+    Ok(())
 }

@@ -3,6 +3,8 @@
 //!
 //! `struct sk_buff` / `net_device` / `net` are read with offsets user space took from the
 //! running kernel's BTF (`LAYOUT`); without them (`valid == 0`) the program does nothing.
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
     macros::raw_tracepoint,
@@ -13,6 +15,7 @@ use tracer_common::{DropKey, DropStats, KernelLayout, counter};
 use crate::{
     globals,
     maps::{DROPS, count, wanted},
+    mem,
     packet::{Reader, local_scope, parse_l3},
 };
 
@@ -73,8 +76,8 @@ fn record(l: &KernelLayout, skb: u64, location: u64, reason: u32) -> Option<()> 
     if network == u16::MAX {
         return None; // network header never set
     }
-    // Zeroed as whole words (see hooks/tc.rs).
-    let mut key: DropKey = unsafe { core::mem::transmute([0u64; 7]) };
+    let mut key_slot = MaybeUninit::<DropKey>::uninit();
+    let key = mem::zeroed(&mut key_slot);
     parse_l3(&KernelPacket { base: head + network as u64 }, u16::from_be(proto), 0, &mut key.tuple).ok()?;
     if local_scope(&key.tuple) || !wanted(&key.tuple) {
         return None;
@@ -90,7 +93,11 @@ fn record(l: &KernelLayout, skb: u64, location: u64, reason: u32) -> Option<()> 
             (*s).last_ns = now;
         },
         None => {
-            if DROPS.insert(&key, &DropStats { count: 1, last_ns: now }, 0).is_err() {
+            let mut s_slot = MaybeUninit::<DropStats>::uninit();
+            let s = mem::zeroed(&mut s_slot);
+            s.count = 1;
+            s.last_ns = now;
+            if DROPS.insert(&key, &s, 0).is_err() {
                 count(counter::DROP_MAP_FULL);
             }
         }

@@ -1,11 +1,14 @@
 //! `tcp:tcp_retransmit_skb` (raw tracepoint, args: sk, skb, reason): TCP retransmissions per
 //! flow, keyed by the tuple as the sending socket sees it (the pod's own view).
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{FAMILY_V4, FAMILY_V6, KernelLayout, PROTO_TCP, Tuple, counter};
 
 use crate::{
     globals,
     maps::{RETRANS, count, wanted},
+    mem,
 };
 
 const AF_INET: u16 = 2;
@@ -29,7 +32,8 @@ pub fn podtrace_retrans(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn record(l: &KernelLayout, sk: u64) -> Option<()> {
     let family: u16 = field(sk, l.skc_family)?;
-    let mut t: Tuple = unsafe { core::mem::transmute([0u64; 5]) };
+    let mut t_slot = MaybeUninit::<Tuple>::uninit();
+    let t = mem::zeroed(&mut t_slot);
     t.proto = PROTO_TCP;
     t.sport = field(sk, l.skc_num)?;
     t.dport = u16::from_be(field(sk, l.skc_dport)?);

@@ -16,6 +16,8 @@ pub enum LinkEvent {
     New(Link),
     /// A link was deleted (or left this namespace).
     Gone(u32),
+    /// The kernel dropped events (socket buffer overrun): re-scan everything now.
+    Resync,
 }
 
 /// Opens the subscription now (so no event is missed from here on) and forwards events from
@@ -24,30 +26,53 @@ pub fn watch(tx: UnboundedSender<LinkEvent>) -> Result<()> {
     let mut sock = Socket::new(NETLINK_ROUTE).context("opening an rtnetlink socket")?;
     sock.bind(&SocketAddr::new(0, 0)).context("binding rtnetlink socket")?;
     sock.add_membership(RTNLGRP_LINK).context("subscribing to link events")?;
-    let _ = sock.set_no_enobufs(true);
+    // Room for bursts (hundreds of pods at once); if it still overflows, the kernel says so
+    // with ENOBUFS and the agent re-scans instead of missing links.
+    let _ = sock.set_rx_buf_sz(4 << 20);
     std::thread::Builder::new().name("link-events".into()).spawn(move || {
         loop {
-            let Ok((buf, _)) = sock.recv_from_full() else { continue };
+            let buf = match sock.recv_from_full() {
+                Ok((buf, _)) => buf,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    if tx.send(LinkEvent::Resync).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(_) => continue,
+            };
             let mut off = 0;
-            while off < buf.len() {
-                let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..]) else { break };
-                let len = msg.header.length as usize;
-                if len == 0 {
+            let mut undecodable = false;
+            while off + 16 <= buf.len() {
+                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+                if len < 16 || off + len > buf.len() {
+                    undecodable = true;
                     break;
                 }
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[off..off + len]);
                 off += (len + 3) & !3;
-                let ev = match msg.payload {
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
-                        LinkEvent::New(link_from(l))
+                let ev = match msg {
+                    Ok(m) => match m.payload {
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => {
+                            LinkEvent::New(link_from(l))
+                        }
+                        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                            LinkEvent::Gone(l.header.index)
+                        }
+                        _ => continue,
+                    },
+                    // A message this decoder cannot read: never guess, re-scan instead.
+                    Err(_) => {
+                        undecodable = true;
+                        continue;
                     }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
-                        LinkEvent::Gone(l.header.index)
-                    }
-                    _ => continue,
                 };
                 if tx.send(ev).is_err() {
                     return;
                 }
+            }
+            if undecodable && tx.send(LinkEvent::Resync).is_err() {
+                return;
             }
         }
     })?;

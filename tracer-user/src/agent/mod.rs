@@ -158,21 +158,22 @@ struct Agent {
 }
 
 impl Agent {
-    fn attach(&mut self, ifindex: u32, name: &str) {
-        if self.session.tracer.is_attached(ifindex) {
+    /// Attaches to the interfaces not attached yet, all at once.
+    fn attach(&mut self, links: &[(u32, String)]) {
+        let todo: Vec<(u32, String)> =
+            links.iter().filter(|(i, _)| !self.session.tracer.is_attached(*i)).cloned().collect();
+        if todo.is_empty() {
             return;
         }
-        match self.session.tracer.attach(ifindex, name) {
-            Ok(()) => {
-                log::info!("attached to {name}");
-                self.state.write().expect("state").links_attached += 1;
-            }
-            Err(e) => {
-                // The link may already be gone again; the reconcile retries otherwise.
-                log::warn!("{e:#}");
-                self.state.write().expect("state").attach_errors += 1;
-            }
+        let errors = self.session.tracer.attach_many(&todo);
+        for (_, e) in &errors {
+            // The link may already be gone again; the reconcile retries otherwise.
+            log::warn!("{e:#}");
         }
+        log::info!("attached to {} interface(s)", todo.len() - errors.len());
+        let mut st = self.state.write().expect("state");
+        st.links_attached += (todo.len() - errors.len()) as u64;
+        st.attach_errors += errors.len() as u64;
     }
 
     fn detach(&mut self, ifindex: u32) {
@@ -182,12 +183,32 @@ impl Agent {
         }
     }
 
-    fn on_link(&mut self, ev: links::LinkEvent) {
-        match ev {
-            links::LinkEvent::New(l) if is_pod_link(&l) => self.attach(l.index, &l.name),
-            links::LinkEvent::New(_) => {}
-            links::LinkEvent::Gone(i) => self.detach(i),
+    /// A batch of link events: new pod veths are attached together, gone links detached.
+    fn on_links(&mut self, events: Vec<links::LinkEvent>) {
+        let mut new = Vec::new();
+        for ev in events {
+            match ev {
+                links::LinkEvent::Resync => {
+                    log::warn!("link events were lost (burst); re-scanning the node");
+                    if let Err(e) = self.reconcile() {
+                        log::warn!("reconcile: {e:#}");
+                    }
+                }
+                links::LinkEvent::New(l) if is_pod_link(&l) => {
+                    log::debug!("link {} ({}) appeared", l.name, l.index);
+                    new.retain(|(i, _)| *i != l.index);
+                    new.push((l.index, l.name));
+                }
+                links::LinkEvent::New(l) => {
+                    log::debug!("link {} ({}, kind {:?}) is not a pod veth", l.name, l.index, l.kind)
+                }
+                links::LinkEvent::Gone(i) => {
+                    new.retain(|(n, _)| *n != i);
+                    self.detach(i);
+                }
+            }
         }
+        self.attach(&new);
     }
 
     /// Full re-scan: attach what is missing, detach what is gone, refresh the node context.
@@ -195,9 +216,7 @@ impl Agent {
         self.inv = Inventory::read(&self.args.enis)?;
         let want = wanted_links(&self.inv);
         let want_set: HashSet<u32> = want.iter().map(|(i, _)| *i).collect();
-        for (i, name) in &want {
-            self.attach(*i, name);
-        }
+        self.attach(&want);
         let stale: Vec<u32> =
             self.session.tracer.attached().map(|(i, _)| i).filter(|i| !want_set.contains(i)).collect();
         for i in stale {
@@ -348,7 +367,14 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            Some(ev) = link_events.recv() => agent.on_link(ev),
+            Some(ev) = link_events.recv() => {
+                // Take every event already queued: a burst of new pods is attached together.
+                let mut batch = vec![ev];
+                while let Ok(more) = link_events.try_recv() {
+                    batch.push(more);
+                }
+                agent.on_links(batch);
+            }
             ready = ring.readable() => {
                 if let Ok(mut guard) = ready {
                     agent.session.drain_hops();
