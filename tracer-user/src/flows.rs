@@ -15,11 +15,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use tracer_common::{
-    FlowKey, FlowStats, HopEvent, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tuple, hook,
-};
+use tracer_common::{FlowKey, FlowStats, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tuple, hook};
 
-use crate::{addr, conntrack::CtEntry, nat::NatRules};
+use crate::{
+    addr,
+    conntrack::CtEntry,
+    hops::{HopPair, HopSamples, HopTable},
+    nat::NatRules,
+};
 
 /// What an interface is to the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,7 +285,7 @@ impl Clock {
 /// Everything observed so far.
 pub struct Observations<'a> {
     pub entries: &'a [(FlowKey, FlowStats)],
-    pub hops: &'a [HopEvent],
+    pub hops: &'a HopTable,
     pub conntrack: &'a [CtEntry],
 }
 
@@ -295,9 +298,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-struct Component {
+struct Component<'a> {
     entries: Vec<(FlowKey, FlowStats, u8)>,
-    hops: Vec<HopEvent>,
+    hops: Vec<(&'a HopPair, &'a HopSamples)>,
     ct: Vec<CtEntry>,
 }
 
@@ -307,7 +310,7 @@ pub fn assemble(obs: &Observations, ctx: &NodeContext, pods: &[TracedPod], clock
     for (k, _) in obs.entries {
         uf.node(&k.tuple);
     }
-    for h in obs.hops {
+    for (h, _) in obs.hops.iter() {
         uf.relate(&h.from.tuple, &h.to.tuple, false);
     }
     for ct in obs.conntrack {
@@ -328,11 +331,11 @@ pub fn assemble(obs: &Observations, ctx: &NodeContext, pods: &[TracedPod], clock
                 .push((*k, *s, dir));
         }
     }
-    for h in obs.hops {
+    for (h, samples) in obs.hops.iter() {
         if let Some((root, _)) = uf.direction(&h.from.tuple)
             && let Some(c) = comps.get_mut(&root)
         {
-            c.hops.push(*h);
+            c.hops.push((h, samples));
         }
     }
     for ct in obs.conntrack {
@@ -503,7 +506,7 @@ fn host_of(s: &str) -> String {
 
 /// The hops of one direction, in the order packets crossed them: hop events give the order
 /// where they exist, the first-packet timestamps everywhere else.
-fn ordered_hops(comp: &Component, ctx: &NodeContext, dir: u8) -> Vec<Hop> {
+fn ordered_hops(comp: &Component<'_>, ctx: &NodeContext, dir: u8) -> Vec<Hop> {
     let mut hops: Vec<Hop> = comp
         .entries
         .iter()
@@ -527,8 +530,11 @@ fn ordered_hops(comp: &Component, ctx: &NodeContext, dir: u8) -> Vec<Hop> {
     // Precedence from hop events: (from position) comes before (to position).
     type Position = (u32, &'static str);
     let pos = |ifindex: u32, hook: u8| -> Position { (ifindex, hook_name(hook)) };
-    let before: HashSet<(Position, Position)> =
-        comp.hops.iter().map(|e| (pos(e.from.ifindex, e.from.hook), pos(e.to.ifindex, e.to.hook))).collect();
+    let before: HashSet<(Position, Position)> = comp
+        .hops
+        .iter()
+        .map(|(e, _)| (pos(e.from.ifindex, e.from.hook), pos(e.to.ifindex, e.to.hook)))
+        .collect();
     // Stable insertion sort honouring the sampled order (few hops per flow).
     let mut ordered: Vec<Hop> = Vec::with_capacity(hops.len());
     for h in hops {
@@ -601,14 +607,13 @@ fn ct_rewrites(c: &CtEntry, path: &[Hop]) -> (Option<Nat>, Option<Nat>) {
     (snat, dnat)
 }
 
-fn latencies(comp: &Component, ctx: &NodeContext) -> Vec<HopLatency> {
+fn latencies(comp: &Component<'_>, ctx: &NodeContext) -> Vec<HopLatency> {
     let mut by_pair: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
-    for e in &comp.hops {
-        let us = e.to.ts_ns.saturating_sub(e.from.ts_ns) as f64 / 1000.0;
+    for (e, samples) in &comp.hops {
         by_pair
             .entry((ctx.hop_name(e.from.ifindex, e.from.hook), ctx.hop_name(e.to.ifindex, e.to.hook)))
             .or_default()
-            .push(us);
+            .extend(samples.delays_ns.iter().map(|ns| *ns as f64 / 1000.0));
     }
     by_pair
         .into_iter()
@@ -635,7 +640,7 @@ fn round2(x: f64) -> f64 {
 mod tests {
     use super::*;
     use std::net::SocketAddr;
-    use tracer_common::Sighting;
+    use tracer_common::{HopEvent, Sighting};
 
     fn t(src: &str, dst: &str) -> Tuple {
         addr::tuple(PROTO_TCP, src.parse::<SocketAddr>().unwrap(), dst.parse::<SocketAddr>().unwrap())
@@ -684,10 +689,11 @@ mod tests {
             entry(nat.reversed(), 1, hook::INGRESS, 300),
             entry(out.reversed(), 5, hook::EGRESS, 400),
         ];
-        let hops = vec![HopEvent {
+        let mut hops = HopTable::new(16);
+        hops.add(&HopEvent {
             from: Sighting { ts_ns: 100, tuple: out, ifindex: 5, hook: hook::INGRESS, _pad: [0; 3] },
             to: Sighting { ts_ns: 138_000 + 100, tuple: nat, ifindex: 1, hook: hook::EGRESS, _pad: [0; 3] },
-        }];
+        });
         let obs = Observations { entries: &entries, hops: &hops, conntrack: &[] };
         let r = assemble(&obs, &ctx(), &[pod()], Clock::default());
         assert_eq!(r.len(), 1);
@@ -715,7 +721,7 @@ mod tests {
             entry(to_pod.reversed(), 5, hook::INGRESS, 200),
         ];
         let ct = vec![CtEntry { orig: wire, reply: to_pod.reversed(), status: 0x30, mark: 0x80, id: 1 }];
-        let obs = Observations { entries: &entries, hops: &[], conntrack: &ct };
+        let obs = Observations { entries: &entries, hops: &HopTable::new(16), conntrack: &ct };
         let r = assemble(&obs, &ctx(), &[pod()], Clock::default());
         assert_eq!(r.len(), 1);
         let r = &r[0];
@@ -733,7 +739,7 @@ mod tests {
         let a = t("198.18.2.11:1000", "198.18.3.10:8080");
         let b = t("198.18.9.9:1000", "198.18.3.10:8080");
         let entries = vec![entry(a, 5, hook::INGRESS, 1), entry(b, 1, hook::INGRESS, 2)];
-        let obs = Observations { entries: &entries, hops: &[], conntrack: &[] };
+        let obs = Observations { entries: &entries, hops: &HopTable::new(16), conntrack: &[] };
         let r = assemble(&obs, &ctx(), &[pod()], Clock::default());
         assert_eq!(r.len(), 1, "only the pod's own flow is reported");
     }

@@ -8,6 +8,7 @@ pub mod conntrack;
 pub mod drops;
 pub mod ebpf;
 pub mod flows;
+pub mod hops;
 pub mod inventory;
 pub mod leftovers;
 pub mod maps;

@@ -1,7 +1,7 @@
 //! One tracing session: the loaded programs, the hop-event stream and the conntrack view,
 //! polled into snapshots. Shared by `podtrace trace`, `compare` and `agent`.
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, HashSet},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,6 +15,8 @@ use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, HopEvent, Tuple};
 
+use crate::hops::{HopPair, HopTable};
+
 use crate::{
     attach::Tracer,
     conntrack::{self, CtEntry},
@@ -22,10 +24,12 @@ use crate::{
     maps::{self, Counters},
 };
 
-/// Hop events kept in memory (oldest dropped first, counted in `hop_events_evicted`).
-const MAX_HOP_EVENTS: usize = 200_000;
+/// Hop pairs kept in memory (stalest dropped first, counted in `hop_events_evicted`).
+const MAX_HOP_PAIRS: usize = 100_000;
 /// Conntrack entries are kept this long after they were last seen (flows outlive them).
 const CT_RETENTION: Duration = Duration::from_secs(600);
+/// Full conntrack dumps this often; NEW/UPDATE events fill the gaps in between.
+const CT_DUMP_EVERY: Duration = Duration::from_secs(5);
 /// Conntrack entries kept at most (oldest dropped first, counted in `conntrack_evicted`).
 const MAX_CONNTRACK: usize = 131_072;
 
@@ -49,11 +53,12 @@ pub struct UserCounters {
 pub struct Session {
     pub tracer: Tracer,
     ring: RingBuf<MapData>,
-    pub hops: VecDeque<HopEvent>,
+    pub hops: HopTable,
     conntrack: HashMap<Tuple, (CtEntry, Instant)>,
     ct_rx: mpsc::Receiver<Vec<CtEntry>>,
     ct_stop: Arc<AtomicBool>,
     ct_thread: Option<JoinHandle<()>>,
+    last_ct_dump: Option<Instant>,
     /// Addresses whose conntrack entries are kept (None = all).
     interesting: Option<HashSet<[u8; 16]>>,
     pub user: UserCounters,
@@ -103,11 +108,12 @@ impl Session {
         Ok(Session {
             tracer,
             ring,
-            hops: VecDeque::new(),
+            hops: HopTable::new(MAX_HOP_PAIRS),
             conntrack: HashMap::new(),
             ct_rx,
             ct_stop,
             ct_thread,
+            last_ct_dump: None,
             interesting,
             user: UserCounters::default(),
             names,
@@ -132,13 +138,10 @@ impl Session {
                 // SAFETY: the kernel wrote a HopEvent (repr(C), plain data) at this address;
                 // read_unaligned copes with the ring buffer's 8-byte alignment.
                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopEvent>()) };
-                self.hops.push_back(ev);
+                self.hops.add(&ev);
             }
         }
-        while self.hops.len() > MAX_HOP_EVENTS {
-            self.hops.pop_front();
-            self.user.hop_events_evicted += 1;
-        }
+        self.user.hop_events_evicted = self.hops.evicted;
     }
 
     fn keep(&self, c: &CtEntry) -> bool {
@@ -148,15 +151,21 @@ impl Session {
         }
     }
 
-    /// Merges conntrack events and a fresh dump into the conntrack view.
+    /// Merges conntrack events, and now and then a full dump, into the conntrack view.
     pub fn refresh_conntrack(&mut self) {
         let now = Instant::now();
         let mut fresh: Vec<CtEntry> = self.ct_rx.try_iter().flatten().collect();
-        match conntrack::dump() {
-            Ok(d) => fresh.extend(d),
-            Err(e) => {
-                self.user.conntrack_dump_errors += 1;
-                log::debug!("conntrack dump: {e:#}");
+        // Without an event subscription every refresh is a full dump.
+        let due = self.ct_thread.is_none()
+            || self.last_ct_dump.is_none_or(|t| now.duration_since(t) >= CT_DUMP_EVERY);
+        if due {
+            self.last_ct_dump = Some(now);
+            match conntrack::dump() {
+                Ok(d) => fresh.extend(d),
+                Err(e) => {
+                    self.user.conntrack_dump_errors += 1;
+                    log::debug!("conntrack dump: {e:#}");
+                }
             }
         }
         for c in fresh {
@@ -190,8 +199,8 @@ impl Session {
         })
     }
 
-    /// Forgets hop events that only concern expired flows (agent idle expiry).
-    pub fn forget_hops(&mut self, keep: impl Fn(&HopEvent) -> bool) {
+    /// Forgets hop pairs that only concern expired flows (agent idle expiry).
+    pub fn forget_hops(&mut self, keep: impl Fn(&HopPair) -> bool) {
         self.hops.retain(keep);
     }
 }

@@ -212,8 +212,7 @@ pub fn start_session(t: &Targets, args: &TraceArgs, filter: bool) -> Result<Sess
 
 /// Builds the reports of one snapshot.
 pub fn reports(session: &Session, snap: &Snapshot, t: &Targets, clock: Clock) -> Vec<FlowReport> {
-    let hops: Vec<_> = session.hops.iter().copied().collect();
-    let obs = Observations { entries: &snap.entries, hops: &hops, conntrack: &snap.conntrack };
+    let obs = Observations { entries: &snap.entries, hops: &session.hops, conntrack: &snap.conntrack };
     let mut flows = flows::assemble(&obs, &t.ctx, &t.pods, clock);
     drops::attach(&mut flows, &snap.drops, &snap.retransmits, &session.names);
     flows

@@ -227,15 +227,26 @@ impl Agent {
     }
 
     fn poll(&mut self) -> Result<()> {
+        let t0 = Instant::now();
         // Routes change with pods: a cheap re-read keeps pod names and roles current.
         self.inv = Inventory::read(&self.args.enis)?;
         self.ctx.ifaces = trace::node_context(&self.inv, NatRules::default()).ifaces;
         let pods = node_pods(&self.inv, &self.cache);
+        let t1 = Instant::now();
         let snap = self.session.poll()?;
-        let hops: Vec<_> = self.session.hops.iter().copied().collect();
-        let obs = Observations { entries: &snap.entries, hops: &hops, conntrack: &snap.conntrack };
+        let t2 = Instant::now();
+        let obs =
+            Observations { entries: &snap.entries, hops: &self.session.hops, conntrack: &snap.conntrack };
         let mut reports = flows::assemble(&obs, &self.ctx, &pods, self.clock);
         drops::attach(&mut reports, &snap.drops, &snap.retransmits, &self.session.names);
+        log::debug!(
+            "poll: inventory {:?}, kernel+conntrack {:?}, assembly {:?} ({} entries, {} flows)",
+            t1 - t0,
+            t2 - t1,
+            t2.elapsed(),
+            snap.entries.len(),
+            reports.len()
+        );
 
         // Expiry and the hard cap.
         let now_ms = self.clock.unix_ms(mono_ns());
