@@ -51,23 +51,45 @@ fn after_hop<'a>(
         .map(|h| h.name())
 }
 
-/// Adds drops and retransmissions to the flows whose tuples they carry.
-pub fn attach(
-    flows: &mut [FlowReport],
-    drops: &[(DropKey, DropStats)],
-    retrans: &[(Tuple, u64)],
-    names: &DropNames,
-) {
-    for f in flows.iter_mut() {
+/// Drops and retransmissions indexed by tuple, to attach them to flows in one pass.
+pub struct DropIndex<'a> {
+    drops: HashMap<Tuple, Vec<&'a (DropKey, DropStats)>>,
+    retrans: HashMap<Tuple, u64>,
+    names: &'a DropNames,
+}
+
+impl<'a> DropIndex<'a> {
+    pub fn new(
+        drops: &'a [(DropKey, DropStats)],
+        retrans: &[(Tuple, u64)],
+        names: &'a DropNames,
+    ) -> DropIndex<'a> {
+        let mut by_tuple: HashMap<Tuple, Vec<&(DropKey, DropStats)>> = HashMap::new();
+        for d in drops {
+            by_tuple.entry(d.0.tuple).or_default().push(d);
+        }
+        let mut r = HashMap::new();
+        for (t, n) in retrans {
+            *r.entry(*t).or_default() += n;
+        }
+        DropIndex { drops: by_tuple, retrans: r, names }
+    }
+
+    /// Adds the drops and retransmissions of the flow's tuples to it.
+    pub fn attach(&self, f: &mut FlowReport) {
         let mut merged: BTreeMap<(String, String, Option<String>), u64> = BTreeMap::new();
-        for (k, s) in drops.iter().filter(|(k, _)| f.tuples.contains(&k.tuple)) {
-            let hop = after_hop(f.path.iter().chain(f.reply_path.iter()), &k.tuple, s.last_ns);
-            *merged.entry((names.reason(k.reason), names.location(k.location), hop)).or_default() += s.count;
+        for t in &f.tuples {
+            for (k, s) in self.drops.get(t).into_iter().flatten() {
+                let hop = after_hop(f.path.iter().chain(f.reply_path.iter()), &k.tuple, s.last_ns);
+                *merged
+                    .entry((self.names.reason(k.reason), self.names.location(k.location), hop))
+                    .or_default() += s.count;
+            }
         }
         f.drops = merged
             .into_iter()
             .map(|((reason, location, after_hop), count)| DropReport { reason, location, after_hop, count })
             .collect();
-        f.retransmits = retrans.iter().filter(|(t, _)| f.tuples.contains(t)).map(|(_, n)| n).sum();
+        f.retransmits = f.tuples.iter().filter_map(|t| self.retrans.get(t)).sum();
     }
 }

@@ -304,8 +304,25 @@ struct Component<'a> {
     ct: Vec<CtEntry>,
 }
 
-/// Builds one report per (traced pod, connection).
+/// Builds one report per (traced pod, connection), sorted by pod and first packet.
 pub fn assemble(obs: &Observations, ctx: &NodeContext, pods: &[TracedPod], clock: Clock) -> Vec<FlowReport> {
+    let mut out = Vec::new();
+    assemble_each(obs, ctx, pods, clock, |r| out.push(r));
+    out.sort_by(|a, b| {
+        (a.pod.as_str(), a.first_seen_ms, &a.id).cmp(&(b.pod.as_str(), b.first_seen_ms, &b.id))
+    });
+    out
+}
+
+/// Hands each report to `sink` as soon as it is built, so that callers that only aggregate
+/// (the agent) never hold every flow's report at once.
+pub fn assemble_each(
+    obs: &Observations,
+    ctx: &NodeContext,
+    pods: &[TracedPod],
+    clock: Clock,
+    mut sink: impl FnMut(FlowReport),
+) {
     let mut uf = Uf::default();
     for (k, _) in obs.entries {
         uf.node(&k.tuple);
@@ -345,18 +362,13 @@ pub fn assemble(obs: &Observations, ctx: &NodeContext, pods: &[TracedPod], clock
             c.ct.push(*ct);
         }
     }
-    let mut out = Vec::new();
     for (_, comp) in comps {
         for pod in pods {
             if let Some(r) = report(&comp, &mut uf, ctx, pod, clock) {
-                out.push(r);
+                sink(r);
             }
         }
     }
-    out.sort_by(|a, b| {
-        (a.pod.as_str(), a.first_seen_ms, &a.id).cmp(&(b.pod.as_str(), b.first_seen_ms, &b.id))
-    });
-    out
 }
 
 fn touches(t: &Tuple, ips: &[IpAddr]) -> bool {

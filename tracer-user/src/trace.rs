@@ -14,7 +14,7 @@ use crate::{
     addr,
     attach::{AttachMode, Tracer},
     btf::{self, Btf},
-    drops::{self, DropNames},
+    drops::{DropIndex, DropNames},
     ebpf::LoadOptions,
     flows::{self, Clock, FlowReport, Iface, NodeContext, Observations, Role, TracedPod},
     inventory::Inventory,
@@ -214,7 +214,8 @@ pub fn start_session(t: &Targets, args: &TraceArgs, filter: bool) -> Result<Sess
 pub fn reports(session: &Session, snap: &Snapshot, t: &Targets, clock: Clock) -> Vec<FlowReport> {
     let obs = Observations { entries: &snap.entries, hops: &session.hops, conntrack: &snap.conntrack };
     let mut flows = flows::assemble(&obs, &t.ctx, &t.pods, clock);
-    drops::attach(&mut flows, &snap.drops, &snap.retransmits, &session.names);
+    let index = DropIndex::new(&snap.drops, &snap.retransmits, &session.names);
+    flows.iter_mut().for_each(|f| index.attach(f));
     flows
 }
 

@@ -393,9 +393,27 @@ fn agent_figures(b: &Bench) -> Result<AgentFigures> {
             Ok(())
         })
     };
+    // The agent has digested an injection once a poll reports its packets.
+    let settled = |injected: f64| -> Result<String> {
+        let (_, text) = tests::agent_get(&sock, "GET", "/metrics")?;
+        let before = metric(&text, "podtrace_kernel_events_total", Some(("name", "packets")));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let (_, text) = tests::agent_get(&sock, "GET", "/metrics")?;
+            if metric(&text, "podtrace_kernel_events_total", Some(("name", "packets"))) >= before + injected {
+                // One more poll so that the flows of the last packets are assembled too.
+                std::thread::sleep(Duration::from_millis(1500));
+                return Ok(tests::agent_get(&sock, "GET", "/metrics")?.1);
+            }
+            if Instant::now() > deadline {
+                bail!("the agent did not catch up with {injected} injected packets");
+            }
+        }
+    };
+    let _ = settled(0.0)?;
     inject(0, 100_000)?;
-    std::thread::sleep(Duration::from_secs(3));
-    let (_, text) = tests::agent_get(&sock, "GET", "/metrics")?;
+    let text = settled(100_000.0)?;
     let flows_100k = metric(&text, "podtrace_flows", Some(("pod", "web-2")));
     let (_, rss_100k_kb, _) = proc_stat(pid)?;
 
@@ -403,9 +421,8 @@ fn agent_figures(b: &Bench) -> Result<AgentFigures> {
     // 3. A flood of distinct flows: far beyond every bound.
     let flood = if b.quick { 300_000 } else { 1_000_000 };
     inject(1_000_000, flood)?;
-    std::thread::sleep(Duration::from_secs(3));
+    let text = settled(flood as f64)?;
     let (code, _) = tests::agent_get(&sock, "GET", "/healthz").unwrap_or((0, String::new()));
-    let (_, text) = tests::agent_get(&sock, "GET", "/metrics")?;
     let (_, _, flood_rss_kb) = proc_stat(pid)?;
     let flood_map_full = metric(&text, "podtrace_kernel_events_total", Some(("name", "flow_map_full")));
     let flood_evicted = metric(&text, "podtrace_agent_events_total", Some(("name", "flows_evicted")));

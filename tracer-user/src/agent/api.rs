@@ -16,7 +16,14 @@ use axum::{
     routing::get,
 };
 
-use super::Shared;
+use super::{FlowsRequest, Shared};
+
+/// What the handlers share: the polled state, and the way to ask the agent loop for flows.
+#[derive(Clone)]
+pub struct ApiState {
+    pub state: Shared,
+    pub flows: tokio::sync::mpsc::Sender<FlowsRequest>,
+}
 
 /// Filters of `GET /flows`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,42 +80,36 @@ pub fn parse_flow_query(q: &str) -> Result<FlowQuery, String> {
     Ok(out)
 }
 
-async fn flows(AxState(state): AxState<Shared>, RawQuery(q): RawQuery) -> Response {
-    let q = match parse_flow_query(q.as_deref().unwrap_or("")) {
+async fn flows(AxState(api): AxState<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let query = match parse_flow_query(q.as_deref().unwrap_or("")) {
         Ok(q) => q,
         Err(e) => return (StatusCode::BAD_REQUEST, e + "\n").into_response(),
     };
-    let body = {
-        let st = state.read().expect("agent state lock");
-        let mut body = String::new();
-        for f in st.flows.iter().filter(|f| {
-            q.pod.as_ref().is_none_or(|p| &f.pod == p)
-                && q.namespace.as_ref().is_none_or(|n| &f.namespace == n)
-                && q.since.is_none_or(|s| f.last_seen_ms >= s)
-        }) {
-            body += &serde_json::to_string(f).expect("flow serializes");
-            body.push('\n');
-        }
-        body
-    };
-    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if api.flows.send(FlowsRequest { query, reply }).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "agent stopping\n").into_response();
+    }
+    match answer.await {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "agent stopping\n").into_response(),
+    }
 }
 
-async fn metrics(AxState(state): AxState<Shared>) -> Response {
-    let body = super::metrics::render(&state.read().expect("agent state lock"));
+async fn metrics(AxState(api): AxState<ApiState>) -> Response {
+    let body = super::metrics::render(&api.state.read().expect("agent state lock"));
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }
 
-async fn healthz(AxState(state): AxState<Shared>) -> Response {
-    let st = state.read().expect("agent state lock");
+async fn healthz(AxState(api): AxState<ApiState>) -> Response {
+    let st = api.state.read().expect("agent state lock");
     if st.attached.is_empty() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not attached yet\n").into_response();
     }
     format!("ok: {} interfaces\n", st.attached.len()).into_response()
 }
 
-pub fn router(state: Shared) -> Router {
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/flows", get(flows))
         .route("/metrics", get(metrics))
@@ -117,7 +118,7 @@ pub fn router(state: Shared) -> Router {
 }
 
 /// Binds the unix socket (0600, its directory 0700), replacing a stale one.
-pub async fn serve_unix(path: &Path, state: Shared) -> Result<()> {
+pub async fn serve_unix(path: &Path, state: ApiState) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
@@ -141,7 +142,7 @@ pub async fn serve_unix(path: &Path, state: Shared) -> Result<()> {
 }
 
 /// Serves on an explicit TCP address (never chosen by default).
-pub async fn serve_tcp(addr: SocketAddr, state: Shared) -> Result<()> {
+pub async fn serve_tcp(addr: SocketAddr, state: ApiState) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     let app = router(state);
     tokio::spawn(async move {

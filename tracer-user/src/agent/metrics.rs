@@ -1,6 +1,4 @@
 //! `GET /metrics`: Prometheus text exposition built from the agent's state at scrape time.
-use std::collections::BTreeMap;
-
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -85,43 +83,30 @@ pub fn render(state: &State) -> String {
     let attached = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
     reg.register("attached_interfaces", "Interfaces with podtrace programs attached", attached.clone());
 
-    let mut per_eni: BTreeMap<(String, String, String), (u64, u64)> = state.expired_totals.clone();
-    for f in &state.flows {
-        let pod = PodLabels { pod: f.pod.clone(), namespace: f.namespace.clone() };
+    let mut per_eni = state.expired_totals.clone();
+    for f in &state.summaries {
+        let pod = PodLabels { pod: f.pod.to_string(), namespace: f.namespace.to_string() };
         flows.get_or_create(&pod).inc();
-        let eni = f.eni.clone().unwrap_or_else(|| "none".into());
-        let e = per_eni.entry((f.pod.clone(), f.namespace.clone(), eni)).or_default();
+        let e = per_eni.entry((f.pod.clone(), f.namespace.clone(), f.eni.clone())).or_default();
         e.0 += f.packets;
         e.1 += f.bytes;
-        for n in [&f.snat, &f.dnat].into_iter().flatten() {
-            nat.get_or_create(&KindLabels {
-                pod: f.pod.clone(),
-                namespace: f.namespace.clone(),
-                kind: n.kind.clone(),
-            })
-            .inc();
+        let kind = |k: &str| KindLabels {
+            pod: f.pod.to_string(),
+            namespace: f.namespace.to_string(),
+            kind: k.to_string(),
+        };
+        for n in &f.nat {
+            nat.get_or_create(&kind(n)).inc();
         }
         if let Some(m) = &f.ingress_mode {
-            modes
-                .get_or_create(&KindLabels {
-                    pod: f.pod.clone(),
-                    namespace: f.namespace.clone(),
-                    kind: m.clone(),
-                })
-                .inc();
+            modes.get_or_create(&kind(m)).inc();
         }
-        for d in &f.drops {
-            drops
-                .get_or_create(&KindLabels {
-                    pod: f.pod.clone(),
-                    namespace: f.namespace.clone(),
-                    kind: d.reason.clone(),
-                })
-                .inc_by(d.count);
+        for (reason, count) in &f.drops {
+            drops.get_or_create(&kind(reason)).inc_by(*count);
         }
     }
     for ((pod, namespace, eni), (p, b)) in per_eni {
-        let l = PodEniLabels { pod, namespace, eni };
+        let l = PodEniLabels { pod: pod.to_string(), namespace: namespace.to_string(), eni: eni.to_string() };
         packets.get_or_create(&l).inc_by(p);
         bytes.get_or_create(&l).inc_by(b);
     }

@@ -22,12 +22,12 @@ use std::{
 
 use anyhow::{Context, Result};
 use clap::Args;
-use tracer_common::FlowKey;
+use tracer_common::{FlowKey, Tuple};
 
 use crate::{
     attach::{AttachMode, Tracer},
     btf::{self, Btf},
-    drops::{self, DropNames},
+    drops::{DropIndex, DropNames},
     ebpf::LoadOptions,
     flows::{self, Clock, FlowReport, NodeContext, Observations, TracedPod},
     inventory::Inventory,
@@ -77,14 +77,64 @@ pub struct AgentArgs {
     pub reconcile_interval: Duration,
 }
 
-/// What the API serves.
+/// What the agent keeps of each live flow between polls: what the metrics count. Full
+/// reports are built on request (`GET /flows`) from the last snapshot, so memory stays a small
+/// constant per flow.
+#[derive(Clone, Debug)]
+pub struct FlowSummary {
+    pub pod: Arc<str>,
+    pub namespace: Arc<str>,
+    /// ENI the flow left or entered by ("none" when it stayed in the node).
+    pub eni: Arc<str>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen_ms: u64,
+    /// NAT kinds of the flow (pod-egress-snat, masquerade, ...).
+    pub nat: Vec<Arc<str>>,
+    pub ingress_mode: Option<Arc<str>>,
+    /// (drop reason, packets)
+    pub drops: Vec<(Arc<str>, u64)>,
+}
+
+/// Shares the few distinct strings (pod names, ENIs, NAT kinds) between summaries.
+#[derive(Default)]
+struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(a.clone());
+        a
+    }
+}
+
+impl FlowSummary {
+    fn of(f: &FlowReport, i: &mut Interner) -> FlowSummary {
+        FlowSummary {
+            pod: i.get(&f.pod),
+            namespace: i.get(&f.namespace),
+            eni: i.get(f.eni.as_deref().unwrap_or("none")),
+            packets: f.packets,
+            bytes: f.bytes,
+            last_seen_ms: f.last_seen_ms,
+            nat: [&f.snat, &f.dnat].into_iter().flatten().map(|n| i.get(&n.kind)).collect(),
+            ingress_mode: f.ingress_mode.as_deref().map(|m| i.get(m)),
+            drops: f.drops.iter().map(|d| (i.get(&d.reason), d.count)).collect(),
+        }
+    }
+}
+
+/// What the API serves besides `/flows`.
 #[derive(Default)]
 pub struct State {
-    pub flows: Vec<FlowReport>,
+    pub summaries: Vec<FlowSummary>,
     pub counters: Counters,
     pub user: UserCounters,
     /// Packets and bytes of expired flows, per (pod, namespace, eni).
-    pub expired_totals: BTreeMap<(String, String, String), (u64, u64)>,
+    pub expired_totals: BTreeMap<PodEni, (u64, u64)>,
     pub flows_expired: u64,
     pub flows_evicted: u64,
     pub attach_errors: u64,
@@ -92,6 +142,15 @@ pub struct State {
     pub links_detached: u64,
     pub table_fill: (usize, u32),
     pub attached: Vec<String>,
+}
+
+/// (pod, namespace, eni)
+pub type PodEni = (Arc<str>, Arc<str>, Arc<str>);
+
+/// A `GET /flows` for the agent loop, which owns the data flows are built from.
+pub struct FlowsRequest {
+    pub query: api::FlowQuery,
+    pub reply: tokio::sync::oneshot::Sender<String>,
 }
 
 impl State {
@@ -155,6 +214,10 @@ struct Agent {
     ctx: NodeContext,
     inv: Inventory,
     clock: Clock,
+    pods: Vec<TracedPod>,
+    interner: Interner,
+    /// The last poll's kernel data, to build `/flows` answers from.
+    last: Option<crate::session::Snapshot>,
 }
 
 impl Agent {
@@ -231,45 +294,55 @@ impl Agent {
         // Routes change with pods: a cheap re-read keeps pod names and roles current.
         self.inv = Inventory::read(&self.args.enis)?;
         self.ctx.ifaces = trace::node_context(&self.inv, NatRules::default()).ifaces;
-        let pods = node_pods(&self.inv, &self.cache);
+        self.pods = node_pods(&self.inv, &self.cache);
         let t1 = Instant::now();
         let snap = self.session.poll()?;
         let t2 = Instant::now();
-        let obs =
-            Observations { entries: &snap.entries, hops: &self.session.hops, conntrack: &snap.conntrack };
-        let mut reports = flows::assemble(&obs, &self.ctx, &pods, self.clock);
-        drops::attach(&mut reports, &snap.drops, &snap.retransmits, &self.session.names);
+        let mut flows: Vec<(FlowSummary, Vec<Tuple>)> = Vec::new();
+        {
+            let obs =
+                Observations { entries: &snap.entries, hops: &self.session.hops, conntrack: &snap.conntrack };
+            let index = DropIndex::new(&snap.drops, &snap.retransmits, &self.session.names);
+            let interner = &mut self.interner;
+            flows::assemble_each(&obs, &self.ctx, &self.pods, self.clock, |mut f| {
+                index.attach(&mut f);
+                let tuples = std::mem::take(&mut f.tuples);
+                flows.push((FlowSummary::of(&f, interner), tuples));
+            });
+        }
         log::debug!(
             "poll: inventory {:?}, kernel+conntrack {:?}, assembly {:?} ({} entries, {} flows)",
             t1 - t0,
             t2 - t1,
             t2.elapsed(),
             snap.entries.len(),
-            reports.len()
+            flows.len()
         );
 
-        // Expiry and the hard cap.
+        // Expiry and the hard cap: newest first, beyond the cap or idle too long goes.
         let now_ms = self.clock.unix_ms(mono_ns());
         let idle_ms = self.args.idle_timeout.as_millis() as u64;
-        reports.sort_by_key(|f| std::cmp::Reverse(f.last_seen_ms));
-        let mut expired: Vec<FlowReport> = Vec::new();
+        flows.sort_by_key(|(f, _)| std::cmp::Reverse(f.last_seen_ms));
         let (mut n_expired, mut n_evicted) = (0, 0);
-        let mut keep = Vec::with_capacity(reports.len());
-        for f in reports {
+        let mut keep = Vec::with_capacity(flows.len().min(self.args.max_tracked_flows));
+        let mut active = HashSet::new();
+        let mut doomed = HashSet::new();
+        let mut gone = Vec::new();
+        for (f, tuples) in flows {
             if now_ms.saturating_sub(f.last_seen_ms) > idle_ms {
                 n_expired += 1;
-                expired.push(f);
             } else if keep.len() >= self.args.max_tracked_flows {
                 n_evicted += 1;
-                expired.push(f);
             } else {
+                active.extend(tuples);
                 keep.push(f);
+                continue;
             }
+            doomed.extend(tuples);
+            gone.push(f);
         }
-        let active: HashSet<_> = keep.iter().flat_map(|f| f.tuples.iter().copied()).collect();
         let idle_ns = self.args.idle_timeout.as_nanos() as u64;
         let now = mono_ns();
-        let doomed: HashSet<_> = expired.iter().flat_map(|f| f.tuples.iter().copied()).collect();
         let delete: Vec<FlowKey> = snap
             .entries
             .iter()
@@ -281,29 +354,60 @@ impl Agent {
             .collect();
         if !delete.is_empty() {
             maps::delete_flows(&mut self.session.tracer.ebpf, &delete)?;
-            let gone: HashSet<_> = delete.iter().map(|k| k.tuple).collect();
-            self.session.forget_hops(|h| !gone.contains(&h.from.tuple) && !gone.contains(&h.to.tuple));
+            let deleted: HashSet<_> = delete.iter().map(|k| k.tuple).collect();
+            self.session.forget_hops(|h| !deleted.contains(&h.from.tuple) && !deleted.contains(&h.to.tuple));
         }
         let fill = maps::flow_table_fill(&self.session.tracer.ebpf).unwrap_or((snap.entries.len(), 0));
         let attached = self.session.tracer.attached().map(|(_, n)| n.to_string()).collect();
-        let mut st = self.state.write().expect("state");
-        for f in &expired {
-            let e = st
-                .expired_totals
-                .entry((f.pod.clone(), f.namespace.clone(), f.eni.clone().unwrap_or_else(|| "none".into())))
-                .or_default();
-            e.0 += f.packets;
-            e.1 += f.bytes;
+        {
+            let mut st = self.state.write().expect("state");
+            for f in &gone {
+                let e =
+                    st.expired_totals.entry((f.pod.clone(), f.namespace.clone(), f.eni.clone())).or_default();
+                e.0 += f.packets;
+                e.1 += f.bytes;
+            }
+            st.flows_expired += n_expired;
+            st.flows_evicted += n_evicted;
+            st.summaries = keep;
+            st.counters = snap.counters;
+            st.user = self.session.user;
+            st.table_fill = fill;
+            st.attached = attached;
         }
-        st.flows_expired += n_expired;
-        st.flows_evicted += n_evicted;
-        keep.sort_by(|a, b| (&a.pod, a.first_seen_ms).cmp(&(&b.pod, b.first_seen_ms)));
-        st.flows = keep;
-        st.counters = snap.counters;
-        st.user = self.session.user;
-        st.table_fill = fill;
-        st.attached = attached;
+        self.last = Some(snap);
         Ok(())
+    }
+
+    /// Builds the reports a `GET /flows` asks for from the last snapshot (NDJSON).
+    fn answer(&self, q: &api::FlowQuery) -> String {
+        let Some(snap) = &self.last else { return String::new() };
+        let pods: Vec<TracedPod> = self
+            .pods
+            .iter()
+            .filter(|p| {
+                q.pod.as_ref().is_none_or(|n| &p.name == n)
+                    && q.namespace.as_ref().is_none_or(|n| &p.namespace == n)
+            })
+            .cloned()
+            .collect();
+        let obs =
+            Observations { entries: &snap.entries, hops: &self.session.hops, conntrack: &snap.conntrack };
+        let index = DropIndex::new(&snap.drops, &snap.retransmits, &self.session.names);
+        let mut flows = Vec::new();
+        flows::assemble_each(&obs, &self.ctx, &pods, self.clock, |mut f| {
+            if q.since.is_none_or(|s| f.last_seen_ms >= s) {
+                index.attach(&mut f);
+                flows.push(f);
+            }
+        });
+        flows.sort_by(|a, b| (&a.pod, a.first_seen_ms).cmp(&(&b.pod, b.first_seen_ms)));
+        let mut body = String::new();
+        for f in &flows {
+            body += &serde_json::to_string(f).expect("flow serializes");
+            body.push('\n');
+        }
+        body
     }
 }
 
@@ -352,16 +456,28 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     links::watch(tx)?;
     let state: Shared = Arc::new(RwLock::new(State::default()));
     let ctx = trace::node_context(&inv, NatRules::read());
-    let mut agent =
-        Agent { args: args.clone(), session, cache, state: state.clone(), ctx, inv, clock: Clock::now() };
+    let mut agent = Agent {
+        args: args.clone(),
+        session,
+        cache,
+        state: state.clone(),
+        ctx,
+        inv,
+        clock: Clock::now(),
+        pods: Vec::new(),
+        interner: Interner::default(),
+        last: None,
+    };
     agent.reconcile()?;
     // A first snapshot before the API answers: /healthz is true from the first request on.
     agent.poll()?;
 
-    api::serve_unix(&args.socket, state.clone()).await?;
+    let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel::<FlowsRequest>(16);
+    let api_state = api::ApiState { state: state.clone(), flows: flows_tx };
+    api::serve_unix(&args.socket, api_state.clone()).await?;
     let _socket_file = api::SocketFile(args.socket.clone());
     if let Some(addr) = args.listen {
-        api::serve_tcp(addr, state.clone()).await?;
+        api::serve_tcp(addr, api_state).await?;
     }
     eprintln!(
         "podtrace: agent tracing {} interfaces, API on {}{}",
@@ -378,6 +494,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
+            Some(req) = flows_rx.recv() => {
+                let _ = req.reply.send(agent.answer(&req.query));
+            }
             Some(ev) = link_events.recv() => {
                 // Take every event already queued: a burst of new pods is attached together.
                 let mut batch = vec![ev];
