@@ -229,6 +229,17 @@ pub struct Sample {
     pub value: f64,
 }
 
+/// Sum of the samples of metric `name` whose labels include `labels` (0 when there are none).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    Ok(parse_prometheus(text)?
+        .iter()
+        .filter(|s| {
+            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum())
+}
+
 /// Strict parser of the Prometheus / OpenMetrics text format: every line must be a comment
 /// (`# HELP`, `# TYPE`, `# EOF`) or a well-formed sample.
 pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>> {

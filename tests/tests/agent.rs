@@ -6,7 +6,7 @@ use std::{
 
 use anyhow::{Result, bail};
 use nix::sys::signal::Signal;
-use tests::{Running, agent_get, lab, parse_prometheus, run_podtrace, start_podtrace};
+use tests::{Running, agent_get, lab, metric, run_podtrace, start_podtrace};
 use xtask::{
     lab::{Lab, traffic},
     netns,
@@ -59,17 +59,6 @@ fn start_agent(lab: &Lab, extra: &[&str]) -> Result<(Running, std::path::PathBuf
     Ok((start_podtrace(&lab.ns("node-a"), &args)?, sock))
 }
 
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
-    let samples = parse_prometheus(text)?;
-    Ok(samples
-        .iter()
-        .filter(|s| {
-            s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum())
-}
-
 #[test]
 fn agent_follows_pod_churn_serves_flows_and_metrics_and_leaks_nothing() -> Result<()> {
     let lab = lab("agent", |_| {})?;
@@ -112,6 +101,10 @@ fn agent_follows_pod_churn_serves_flows_and_metrics_and_leaks_nothing() -> Resul
     assert_eq!(metric(&text, "podtrace_flows", &[("pod", &ip)])?, 1.0);
     assert!(metric(&text, "podtrace_kernel_events_total", &[("name", "flow_map_full")]).is_ok());
     assert!(text.contains("podtrace_flow_table_fill_ratio"));
+    assert!(metric(&text, "podtrace_agent_events_total", &[("name", "polls")])? >= 1.0);
+    // A few flows poll in microseconds: the configured interval, not stretched.
+    assert_eq!(metric(&text, "podtrace_poll_interval_seconds", &[])?, 0.2, "{text}");
+    assert!(metric(&text, "podtrace_poll_seconds", &[])? < 0.2, "{text}");
 
     // The pod goes away (CNI DEL): detached, links and fds back to where they were.
     pod.delete()?;

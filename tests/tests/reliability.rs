@@ -1,6 +1,6 @@
 //! An incident tool must never make the incident worse: clean detach on every signal, other
 //! tools' hooks untouched, leftovers of killed runs removed, coexistence, one-line errors,
-//! capabilities dropped, exact loss accounting.
+//! capabilities dropped, exact loss accounting, bounded agent memory.
 use std::{collections::HashSet, time::Duration};
 
 use anyhow::{Result, anyhow};
@@ -480,5 +480,73 @@ fn agent_metrics_show_the_forced_losses_exactly() -> Result<()> {
         .expect("flow_map_full exported");
     assert_eq!(full.value as u64, 100 - (16 - used), "{text}");
     drop(running);
+    Ok(())
+}
+
+#[test]
+fn agent_memory_is_bounded_by_eviction_and_expiry_without_losing_counts() -> Result<()> {
+    let lab = lab("agentcap", |_| {})?;
+    let veth = lab.plan.pod("web-2").unwrap().veth.clone();
+    let veth_idx = in_ns(&lab, "node-a", || Ok(netlink::ifindex(&veth).unwrap()))?;
+    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
+    let pf = lab.pods_file();
+    let _running = start_podtrace(
+        &lab.ns("node-a"),
+        &[
+            "agent",
+            "--pods-file",
+            pf.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "--max-tracked-flows",
+            "10",
+            "--idle-timeout",
+            "2s",
+            "--poll-interval",
+            "200ms",
+        ],
+    )?;
+    let get = |name: &str, labels: &[(&str, &str)]| -> Result<f64> {
+        tests::metric(&tests::agent_get(&sock, "GET", "/metrics")?.1, name, labels)
+    };
+    let agent_event = |name: &str| get("podtrace_agent_events_total", &[("name", name)]);
+    let table_entries = || -> Result<u64> {
+        let text = tests::agent_get(&sock, "GET", "/metrics")?.1;
+        Ok((tests::metric(&text, "podtrace_flow_table_fill_ratio", &[])? * 262_144.0).round() as u64)
+    };
+    let wait = |what: &str, ok: &dyn Fn() -> Result<bool>| -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !ok()? {
+            anyhow::ensure!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    };
+    let quiet_entries = table_entries()?;
+
+    // 30 one-packet flows of web-2: 20 beyond the cap of 10.
+    let ingress = program_fd(&lab, &veth, TcAttachType::Ingress)?;
+    in_ns(&lab, "node-a", || {
+        for i in 0..30 {
+            bpf::test_run(&ingress, &udp_from_web2(&lab, 41_000 + i), veth_idx)?;
+        }
+        Ok(())
+    })?;
+    wait("the evictions", &|| Ok(agent_event("flows_evicted")? >= 20.0))?;
+    let web2 = [("pod", "web-2")];
+    assert_eq!(agent_event("flows_evicted")?, 20.0);
+    assert_eq!(get("podtrace_flows", &web2)?, 10.0);
+    // Evicted flows leave the kernel table too, and their packets stay counted, once.
+    let entries = table_entries()?;
+    assert!((10..=quiet_entries + 10).contains(&entries), "{entries} entries, {quiet_entries} before");
+    assert_eq!(get("podtrace_packets_total", &web2)?, 30.0);
+    assert_eq!(get("podtrace_bytes_total", &web2)?, 30.0 * 44.0);
+
+    // Two idle seconds later the other ten expire: nothing of web-2 is tracked any more, and
+    // the totals have not moved.
+    wait("the expiry", &|| Ok(agent_event("flows_expired")? >= 10.0))?;
+    assert_eq!(get("podtrace_flows", &web2)?, 0.0);
+    assert!(table_entries()? <= quiet_entries);
+    assert_eq!(get("podtrace_packets_total", &web2)?, 30.0);
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! Naming drops (reason from the kernel's BTF, location from kallsyms) and attaching them and
 //! TCP retransmissions to the flows they belong to.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Mutex,
+};
 
 use tracer_common::{DropKey, DropStats, Tuple};
 
@@ -11,15 +14,12 @@ use crate::flows::{DropReport, FlowReport, Hop};
 #[derive(Default)]
 pub struct DropNames {
     reasons: HashMap<u32, String>,
-    symbols: BTreeMap<u64, String>,
+    symbols: Kallsyms,
 }
 
 impl DropNames {
     pub fn load(btf: &crate::btf::Btf) -> DropNames {
-        DropNames {
-            reasons: crate::btf::drop_reasons(btf),
-            symbols: aya::util::kernel_symbols().unwrap_or_default(),
-        }
+        DropNames { reasons: crate::btf::drop_reasons(btf), symbols: Kallsyms::open() }
     }
 
     pub fn reason(&self, r: u32) -> String {
@@ -28,10 +28,58 @@ impl DropNames {
 
     /// `symbol+0xoff`, or the raw address when kallsyms is unavailable.
     pub fn location(&self, addr: u64) -> String {
-        match self.symbols.range(..=addr).next_back() {
-            Some((base, name)) if addr - base < 0x10_0000 => format!("{name}+0x{:x}", addr - base),
-            _ => format!("0x{addr:x}"),
+        self.symbols.locate(addr)
+    }
+}
+
+/// Kernel symbols, looked up on demand. The kernel decides when `/proc/kallsyms` is opened
+/// whether its reader may see addresses, so it is opened while privileged and read again from
+/// the start for each new drop site: holding its ~200 000 symbols would cost tens of MiB for
+/// the handful of sites that ever drop.
+#[derive(Default)]
+struct Kallsyms {
+    file: Option<std::fs::File>,
+    known: Mutex<HashMap<u64, String>>,
+}
+
+/// Distinct drop sites remembered (they are few; the bound only guards memory).
+const MAX_KNOWN_SITES: usize = 4096;
+
+impl Kallsyms {
+    fn open() -> Kallsyms {
+        Kallsyms { file: std::fs::File::open("/proc/kallsyms").ok(), known: Mutex::default() }
+    }
+
+    fn locate(&self, addr: u64) -> String {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = known.get(&addr) {
+            return name.clone();
         }
+        let name = self.scan(addr).unwrap_or_else(|| format!("0x{addr:x}"));
+        if known.len() < MAX_KNOWN_SITES {
+            known.insert(addr, name.clone());
+        }
+        name
+    }
+
+    /// The symbol with the highest address not above `addr`, within 1 MiB of it.
+    fn scan(&self, addr: u64) -> Option<String> {
+        use std::io::{BufRead, Seek};
+        let mut file = self.file.as_ref()?;
+        file.seek(std::io::SeekFrom::Start(0)).ok()?;
+        let mut best: Option<(u64, String)> = None;
+        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+            let mut parts = line.split_whitespace();
+            let (Some(a), Some(_kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let Ok(base) = u64::from_str_radix(a, 16) else { continue };
+            if base != 0 && base <= addr && best.as_ref().is_none_or(|(b, _)| base > *b) {
+                best = Some((base, name.to_string()));
+            }
+        }
+        best.filter(|(base, _)| addr - base < 0x10_0000)
+            .map(|(base, name)| format!("{name}+0x{:x}", addr - base))
     }
 }
 

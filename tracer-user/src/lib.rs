@@ -2,6 +2,7 @@
 pub mod addr;
 pub mod agent;
 pub mod attach;
+pub mod batch;
 pub mod btf;
 pub mod compare;
 pub mod conntrack;

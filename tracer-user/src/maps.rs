@@ -1,17 +1,43 @@
 //! Reading podtrace's kernel maps: flow table, counters, drops, retransmissions.
 use anyhow::{Context, Result, anyhow};
+use std::os::fd::AsFd;
+
 use aya::{
-    Ebpf,
-    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    Ebpf, Pod,
+    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
 };
 use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, Tuple, counter, names};
+
+use crate::batch;
 
 /// Counter values summed over CPUs, indexed like `tracer_common::counter`.
 pub type Counters = [u64; counter::COUNT as usize];
 
-fn per_cpu_flows(ebpf: &Ebpf) -> Result<PerCpuHashMap<&MapData, FlowKey, FlowStats>> {
-    let map = ebpf.map(names::MAP_FLOWS).ok_or_else(|| anyhow!("FLOWS map missing"))?;
-    PerCpuHashMap::try_from(map).context("FLOWS map")
+/// The possible CPUs (per-CPU maps hold one value for each), read once.
+fn possible_cpus() -> Result<usize> {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(n) = CPUS.get() {
+        return Ok(*n);
+    }
+    let n = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+    Ok(*CPUS.get_or_init(|| n.get() as usize))
+}
+
+fn per_cpu_hash<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
+    match ebpf.map(name) {
+        Some(Map::PerCpuHashMap(d)) => Ok(d),
+        _ => Err(anyhow!("{name} map missing")),
+    }
+}
+
+/// Every entry of a per-CPU hash map with its values folded over CPUs. (Batch operations
+/// exist since Linux 5.6; podtrace's ring buffer already needs 5.8.)
+fn read_per_cpu<K: Pod, V: Pod, T>(ebpf: &Ebpf, name: &str, fold: impl Fn(&[V]) -> T) -> Result<Vec<(K, T)>> {
+    let data = per_cpu_hash(ebpf, name)?;
+    let mut out = Vec::new();
+    batch::per_cpu_entries::<K, V>(data.fd().as_fd(), possible_cpus()?, |k, v| out.push((*k, fold(v))))
+        .with_context(|| format!("reading the {name} map"))?;
+    Ok(out)
 }
 
 /// Folds one flow's per-CPU values into one.
@@ -29,36 +55,18 @@ pub fn merge(values: &[FlowStats]) -> FlowStats {
 
 /// Every (flow, interface, hook) entry with its counters merged over CPUs.
 pub fn read_flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
-    let map = per_cpu_flows(ebpf)?;
-    let mut out = Vec::new();
-    // Entries can disappear while we walk the table (expiry): skip those.
-    for (key, values) in map.iter().flatten() {
-        out.push((key, merge(&values)));
-    }
-    Ok(out)
+    read_per_cpu(ebpf, names::MAP_FLOWS, merge)
 }
 
-/// Number of entries in the flow table and its capacity.
-pub fn flow_table_fill(ebpf: &Ebpf) -> Result<(usize, u32)> {
-    let map = per_cpu_flows(ebpf)?;
-    let capacity = ebpf
-        .map(names::MAP_FLOWS)
-        .and_then(|m| match m {
-            aya::maps::Map::PerCpuHashMap(d) => d.info().ok().map(|i| i.max_entries()),
-            _ => None,
-        })
-        .unwrap_or(0);
-    Ok((map.keys().flatten().count(), capacity))
+/// Capacity of the flow table.
+pub fn flow_table_capacity(ebpf: &Ebpf) -> u32 {
+    per_cpu_hash(ebpf, names::MAP_FLOWS).ok().and_then(|d| d.info().ok()).map_or(0, |i| i.max_entries())
 }
 
-/// Removes entries from the flow table (idle expiry).
-pub fn delete_flows(ebpf: &mut Ebpf, keys: &[FlowKey]) -> Result<()> {
-    let map = ebpf.map_mut(names::MAP_FLOWS).ok_or_else(|| anyhow!("FLOWS map missing"))?;
-    let mut map: PerCpuHashMap<&mut MapData, FlowKey, FlowStats> = PerCpuHashMap::try_from(map)?;
-    for k in keys {
-        let _ = map.remove(k);
-    }
-    Ok(())
+/// Removes entries from the flow table (idle expiry, eviction); returns how many went.
+pub fn delete_flows(ebpf: &Ebpf, keys: &[FlowKey]) -> Result<usize> {
+    let data = per_cpu_hash(ebpf, names::MAP_FLOWS)?;
+    batch::delete(data.fd().as_fd(), keys).context("deleting from the FLOWS map")
 }
 
 pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
@@ -72,23 +80,14 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
 }
 
 pub fn read_drops(ebpf: &Ebpf) -> Result<Vec<(DropKey, DropStats)>> {
-    let map = ebpf.map(names::MAP_DROPS).ok_or_else(|| anyhow!("DROPS map missing"))?;
-    let map: PerCpuHashMap<&MapData, DropKey, DropStats> = PerCpuHashMap::try_from(map)?;
-    Ok(map
-        .iter()
-        .flatten()
-        .map(|(k, v)| {
-            let count = v.iter().map(|s| s.count).sum();
-            let last_ns = v.iter().map(|s| s.last_ns).max().unwrap_or(0);
-            (k, DropStats { count, last_ns })
-        })
-        .collect())
+    read_per_cpu(ebpf, names::MAP_DROPS, |v: &[DropStats]| DropStats {
+        count: v.iter().map(|s| s.count).sum(),
+        last_ns: v.iter().map(|s| s.last_ns).max().unwrap_or(0),
+    })
 }
 
 pub fn read_retransmits(ebpf: &Ebpf) -> Result<Vec<(Tuple, u64)>> {
-    let map = ebpf.map(names::MAP_RETRANS).ok_or_else(|| anyhow!("RETRANS map missing"))?;
-    let map: PerCpuHashMap<&MapData, Tuple, u64> = PerCpuHashMap::try_from(map)?;
-    Ok(map.iter().flatten().map(|(k, v)| (k, v.iter().sum())).collect())
+    read_per_cpu(ebpf, names::MAP_RETRANS, |v: &[u64]| v.iter().sum())
 }
 
 /// Writes the address filter (traced pod IPs and node addresses).

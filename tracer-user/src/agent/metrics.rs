@@ -80,30 +80,48 @@ pub fn render(state: &State) -> String {
     );
     let fill = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     reg.register("flow_table_fill_ratio", "Kernel flow table entries / capacity", fill.clone());
+    let poll = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    reg.register(
+        "poll_seconds",
+        "Duration of the last poll (kernel tables, conntrack, assembly)",
+        poll.clone(),
+    );
+    let interval = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    reg.register(
+        "poll_interval_seconds",
+        "Current poll interval (--poll-interval, stretched while polls are long)",
+        interval.clone(),
+    );
     let attached = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
     reg.register("attached_interfaces", "Interfaces with podtrace programs attached", attached.clone());
 
+    let pod_labels = |(pod, namespace): &super::PodKey| PodLabels {
+        pod: pod.to_string(),
+        namespace: namespace.to_string(),
+    };
+    let kind_labels = |(pod, namespace): &super::PodKey, kind: &str| KindLabels {
+        pod: pod.to_string(),
+        namespace: namespace.to_string(),
+        kind: kind.to_string(),
+    };
+    let live = &state.live;
+    for (pod, n) in &live.flows {
+        flows.get_or_create(&pod_labels(pod)).set(*n as i64);
+    }
+    for ((pod, kind), n) in &live.nat {
+        nat.get_or_create(&kind_labels(pod, kind)).inc_by(*n);
+    }
+    for ((pod, mode), n) in &live.ingress_modes {
+        modes.get_or_create(&kind_labels(pod, mode)).inc_by(*n);
+    }
+    for ((pod, reason), n) in &live.drops {
+        drops.get_or_create(&kind_labels(pod, reason)).inc_by(*n);
+    }
     let mut per_eni = state.expired_totals.clone();
-    for f in &state.summaries {
-        let pod = PodLabels { pod: f.pod.to_string(), namespace: f.namespace.to_string() };
-        flows.get_or_create(&pod).inc();
-        let e = per_eni.entry((f.pod.clone(), f.namespace.clone(), f.eni.clone())).or_default();
-        e.0 += f.packets;
-        e.1 += f.bytes;
-        let kind = |k: &str| KindLabels {
-            pod: f.pod.to_string(),
-            namespace: f.namespace.to_string(),
-            kind: k.to_string(),
-        };
-        for n in &f.nat {
-            nat.get_or_create(&kind(n)).inc();
-        }
-        if let Some(m) = &f.ingress_mode {
-            modes.get_or_create(&kind(m)).inc();
-        }
-        for (reason, count) in &f.drops {
-            drops.get_or_create(&kind(reason)).inc_by(*count);
-        }
+    for (key, (p, b)) in &live.traffic {
+        let e = per_eni.entry(key.clone()).or_default();
+        e.0 += p;
+        e.1 += b;
     }
     for ((pod, namespace, eni), (p, b)) in per_eni {
         let l = PodEniLabels { pod: pod.to_string(), namespace: namespace.to_string(), eni: eni.to_string() };
@@ -119,6 +137,8 @@ pub fn render(state: &State) -> String {
     let (used, cap) = state.table_fill;
     fill.set(if cap == 0 { 0.0 } else { used as f64 / cap as f64 });
     attached.set(state.attached.len() as i64);
+    poll.set(state.poll_seconds);
+    interval.set(state.poll_interval_seconds);
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out

@@ -69,7 +69,8 @@ pub struct AgentArgs {
     /// Sample one packet in N (power of two) for per-hop latency.
     #[arg(long, default_value_t = 64)]
     pub sample_rate: u64,
-    /// How often flows are read from the kernel and assembled.
+    /// How often flows are read from the kernel and assembled. Stretched while polls are long
+    /// (many flows), so that polling never takes more than 10 % of a core.
     #[arg(long, default_value = "500ms", value_parser = preflight::parse_duration)]
     pub poll_interval: Duration,
     /// Safety net: full re-scan of links and rules this often.
@@ -77,23 +78,21 @@ pub struct AgentArgs {
     pub reconcile_interval: Duration,
 }
 
-/// What the agent keeps of each live flow between polls: what the metrics count. Full
-/// reports are built on request (`GET /flows`) from the last snapshot, so memory stays a small
-/// constant per flow.
-#[derive(Clone, Debug)]
-pub struct FlowSummary {
-    pub pod: Arc<str>,
-    pub namespace: Arc<str>,
+/// What the metrics need of one flow. Built per poll and folded into [`LiveTotals`] at once:
+/// the agent keeps per-pod totals, not per-flow records; full reports are built on request
+/// (`GET /flows`) from the last snapshot.
+struct FlowSummary {
+    pod: PodKey,
     /// ENI the flow left or entered by ("none" when it stayed in the node).
-    pub eni: Arc<str>,
-    pub packets: u64,
-    pub bytes: u64,
-    pub last_seen_ms: u64,
+    eni: Arc<str>,
+    packets: u64,
+    bytes: u64,
+    last_seen_ms: u64,
     /// NAT kinds of the flow (pod-egress-snat, masquerade, ...).
-    pub nat: Vec<Arc<str>>,
-    pub ingress_mode: Option<Arc<str>>,
+    nat: Vec<Arc<str>>,
+    ingress_mode: Option<Arc<str>>,
     /// (drop reason, packets)
-    pub drops: Vec<(Arc<str>, u64)>,
+    drops: Vec<(Arc<str>, u64)>,
 }
 
 /// Shares the few distinct strings (pod names, ENIs, NAT kinds) between summaries.
@@ -114,8 +113,7 @@ impl Interner {
 impl FlowSummary {
     fn of(f: &FlowReport, i: &mut Interner) -> FlowSummary {
         FlowSummary {
-            pod: i.get(&f.pod),
-            namespace: i.get(&f.namespace),
+            pod: (i.get(&f.pod), i.get(&f.namespace)),
             eni: i.get(f.eni.as_deref().unwrap_or("none")),
             packets: f.packets,
             bytes: f.bytes,
@@ -127,14 +125,48 @@ impl FlowSummary {
     }
 }
 
+/// The live flows as `/metrics` reports them: per pod, never per flow.
+#[derive(Default)]
+pub struct LiveTotals {
+    /// Flows tracked.
+    pub flows: BTreeMap<PodKey, u64>,
+    /// Packets and bytes by ENI.
+    pub traffic: BTreeMap<PodEni, (u64, u64)>,
+    /// Flows by NAT kind.
+    pub nat: BTreeMap<(PodKey, Arc<str>), u64>,
+    /// Ingress flows by mode.
+    pub ingress_modes: BTreeMap<(PodKey, Arc<str>), u64>,
+    /// Dropped packets by reason.
+    pub drops: BTreeMap<(PodKey, Arc<str>), u64>,
+}
+
+impl LiveTotals {
+    fn add(&mut self, f: &FlowSummary) {
+        *self.flows.entry(f.pod.clone()).or_default() += 1;
+        let t = self.traffic.entry((f.pod.0.clone(), f.pod.1.clone(), f.eni.clone())).or_default();
+        t.0 += f.packets;
+        t.1 += f.bytes;
+        for kind in &f.nat {
+            *self.nat.entry((f.pod.clone(), kind.clone())).or_default() += 1;
+        }
+        if let Some(m) = &f.ingress_mode {
+            *self.ingress_modes.entry((f.pod.clone(), m.clone())).or_default() += 1;
+        }
+        for (reason, n) in &f.drops {
+            *self.drops.entry((f.pod.clone(), reason.clone())).or_default() += n;
+        }
+    }
+}
+
 /// What the API serves besides `/flows`.
 #[derive(Default)]
 pub struct State {
-    pub summaries: Vec<FlowSummary>,
+    pub live: LiveTotals,
     pub counters: Counters,
     pub user: UserCounters,
     /// Packets and bytes of expired flows, per (pod, namespace, eni).
     pub expired_totals: BTreeMap<PodEni, (u64, u64)>,
+    pub polls: u64,
     pub flows_expired: u64,
     pub flows_evicted: u64,
     pub attach_errors: u64,
@@ -142,8 +174,13 @@ pub struct State {
     pub links_detached: u64,
     pub table_fill: (usize, u32),
     pub attached: Vec<String>,
+    /// How long the last poll took, and the interval it sets (stretched when polls are long).
+    pub poll_seconds: f64,
+    pub poll_interval_seconds: f64,
 }
 
+/// (pod, namespace)
+pub type PodKey = (Arc<str>, Arc<str>);
 /// (pod, namespace, eni)
 pub type PodEni = (Arc<str>, Arc<str>, Arc<str>);
 
@@ -156,6 +193,7 @@ pub struct FlowsRequest {
 impl State {
     pub fn agent_counters(&self) -> Vec<(&'static str, u64)> {
         vec![
+            ("polls", self.polls),
             ("flows_expired", self.flows_expired),
             ("flows_evicted", self.flows_evicted),
             ("attach_errors", self.attach_errors),
@@ -198,6 +236,25 @@ fn node_pods(inv: &Inventory, cache: &podsource::PodCache) -> Vec<TracedPod> {
         p.ips.push(ip);
     }
     by_veth.into_values().collect()
+}
+
+/// Gives the pages a large poll freed back to the system (glibc keeps them otherwise, and the
+/// agent's RSS would stay at its peak).
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Polls may take at most this share of the agent's time: with many flows, a poll of the
+/// kernel tables costs a lot of CPU, so the interval stretches rather than the node's CPU.
+const POLL_DUTY_PERCENT: u32 = 10;
+
+/// The wait until the next poll after one that took `took`.
+fn poll_interval(configured: Duration, took: Duration) -> Duration {
+    configured.max(took * (100 / POLL_DUTY_PERCENT - 1))
 }
 
 fn mono_ns() -> u64 {
@@ -298,18 +355,17 @@ impl Agent {
         let t1 = Instant::now();
         let snap = self.session.poll()?;
         let t2 = Instant::now();
-        let mut flows: Vec<(FlowSummary, Vec<Tuple>)> = Vec::new();
-        {
+        let mut flows: Vec<(FlowSummary, u32)> = Vec::new();
+        let connection_of = {
             let obs =
                 Observations { entries: &snap.entries, hops: &self.session.hops, conntrack: &snap.conntrack };
             let index = DropIndex::new(&snap.drops, &snap.retransmits, &self.session.names);
             let interner = &mut self.interner;
-            flows::assemble_each(&obs, &self.ctx, &self.pods, self.clock, |mut f| {
+            flows::assemble_each(&obs, &self.ctx, &self.pods, self.clock, |mut f, connection| {
                 index.attach(&mut f);
-                let tuples = std::mem::take(&mut f.tuples);
-                flows.push((FlowSummary::of(&f, interner), tuples));
-            });
-        }
+                flows.push((FlowSummary::of(&f, interner), connection));
+            })
+        };
         log::debug!(
             "poll: inventory {:?}, kernel+conntrack {:?}, assembly {:?} ({} entries, {} flows)",
             t1 - t0,
@@ -319,63 +375,70 @@ impl Agent {
             flows.len()
         );
 
-        // Expiry and the hard cap: newest first, beyond the cap or idle too long goes.
+        // Expiry and the hard cap: newest first, beyond the cap or idle too long goes. A
+        // connection's kernel entries go with it, and idle entries of no kept flow too.
+        const KEPT: u8 = 1;
+        const DOOMED: u8 = 2;
+        let mut fate =
+            vec![0u8; connection_of.iter().filter(|c| **c != u32::MAX).max().map_or(0, |m| *m as usize + 1)];
         let now_ms = self.clock.unix_ms(mono_ns());
         let idle_ms = self.args.idle_timeout.as_millis() as u64;
-        flows.sort_by_key(|(f, _)| std::cmp::Reverse(f.last_seen_ms));
-        let (mut n_expired, mut n_evicted) = (0, 0);
-        let mut keep = Vec::with_capacity(flows.len().min(self.args.max_tracked_flows));
-        let mut active = HashSet::new();
-        let mut doomed = HashSet::new();
-        let mut gone = Vec::new();
-        for (f, tuples) in flows {
+        flows.sort_unstable_by_key(|(f, _)| std::cmp::Reverse(f.last_seen_ms));
+        let (mut n_expired, mut n_evicted, mut kept) = (0, 0, 0);
+        let mut live = LiveTotals::default();
+        let mut gone_totals: Vec<(PodEni, u64, u64)> = Vec::new();
+        for (f, connection) in flows {
             if now_ms.saturating_sub(f.last_seen_ms) > idle_ms {
                 n_expired += 1;
-            } else if keep.len() >= self.args.max_tracked_flows {
+            } else if kept >= self.args.max_tracked_flows {
                 n_evicted += 1;
             } else {
-                active.extend(tuples);
-                keep.push(f);
+                kept += 1;
+                live.add(&f);
+                fate[connection as usize] |= KEPT;
                 continue;
             }
-            doomed.extend(tuples);
-            gone.push(f);
+            fate[connection as usize] |= DOOMED;
+            gone_totals.push(((f.pod.0, f.pod.1, f.eni), f.packets, f.bytes));
         }
         let idle_ns = self.args.idle_timeout.as_nanos() as u64;
         let now = mono_ns();
         let delete: Vec<FlowKey> = snap
             .entries
             .iter()
-            .filter(|(k, s)| {
-                doomed.contains(&k.tuple)
-                    || (now.saturating_sub(s.last_ns) > idle_ns && !active.contains(&k.tuple))
+            .zip(&connection_of)
+            .filter(|((_, s), c)| {
+                let fate = fate.get(**c as usize).copied().unwrap_or(0);
+                fate & DOOMED != 0 || (fate & KEPT == 0 && now.saturating_sub(s.last_ns) > idle_ns)
             })
-            .map(|(k, _)| *k)
+            .map(|((k, _), _)| *k)
             .collect();
+        drop(connection_of);
         if !delete.is_empty() {
-            maps::delete_flows(&mut self.session.tracer.ebpf, &delete)?;
-            let deleted: HashSet<_> = delete.iter().map(|k| k.tuple).collect();
+            maps::delete_flows(&self.session.tracer.ebpf, &delete)?;
+            let deleted: HashSet<Tuple> = delete.iter().map(|k| k.tuple).collect();
             self.session.forget_hops(|h| !deleted.contains(&h.from.tuple) && !deleted.contains(&h.to.tuple));
         }
-        let fill = maps::flow_table_fill(&self.session.tracer.ebpf).unwrap_or((snap.entries.len(), 0));
+        let fill = (snap.entries.len() - delete.len(), maps::flow_table_capacity(&self.session.tracer.ebpf));
         let attached = self.session.tracer.attached().map(|(_, n)| n.to_string()).collect();
         {
             let mut st = self.state.write().expect("state");
-            for f in &gone {
-                let e =
-                    st.expired_totals.entry((f.pod.clone(), f.namespace.clone(), f.eni.clone())).or_default();
-                e.0 += f.packets;
-                e.1 += f.bytes;
+            for (key, packets, bytes) in gone_totals {
+                let e = st.expired_totals.entry(key).or_default();
+                e.0 += packets;
+                e.1 += bytes;
             }
+            st.polls += 1;
             st.flows_expired += n_expired;
             st.flows_evicted += n_evicted;
-            st.summaries = keep;
+            st.live = live;
             st.counters = snap.counters;
             st.user = self.session.user;
             st.table_fill = fill;
             st.attached = attached;
         }
         self.last = Some(snap);
+        release_free_memory();
         Ok(())
     }
 
@@ -395,7 +458,7 @@ impl Agent {
             Observations { entries: &snap.entries, hops: &self.session.hops, conntrack: &snap.conntrack };
         let index = DropIndex::new(&snap.drops, &snap.retransmits, &self.session.names);
         let mut flows = Vec::new();
-        flows::assemble_each(&obs, &self.ctx, &pods, self.clock, |mut f| {
+        flows::assemble_each(&obs, &self.ctx, &pods, self.clock, |mut f, _| {
             if q.since.is_none_or(|s| f.last_seen_ms >= s) {
                 index.attach(&mut f);
                 flows.push(f);
@@ -414,9 +477,11 @@ impl Agent {
 pub async fn run(args: AgentArgs) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     preflight::check_privileges()?;
-    let btf = Btf::from_file(&preflight::check_btf()?)?;
-    let layout = btf::kernel_layout(&btf, btf::own_netns_inum())?;
-    let names = DropNames::load(&btf);
+    // The parsed BTF is large: only what is taken from it is kept.
+    let (layout, names) = {
+        let btf = Btf::from_file(&preflight::check_btf()?)?;
+        (btf::kernel_layout(&btf, btf::own_netns_inum())?, DropNames::load(&btf))
+    };
     let inv = Inventory::read(&args.enis)?;
     if inv.enis.is_empty() {
         anyhow::bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
@@ -471,6 +536,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     agent.reconcile()?;
     // A first snapshot before the API answers: /healthz is true from the first request on.
     agent.poll()?;
+    state.write().expect("state").poll_interval_seconds = args.poll_interval.as_secs_f64();
 
     let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel::<FlowsRequest>(16);
     let api_state = api::ApiState { state: state.clone(), flows: flows_tx };
@@ -487,7 +553,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     );
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
-    let mut poll = tokio::time::interval(args.poll_interval);
+    let mut next_poll = tokio::time::Instant::now() + args.poll_interval;
     let mut last_reconcile = Instant::now();
     let ring = agent.session.watch_ring()?;
     loop {
@@ -511,16 +577,23 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                     guard.clear_ready();
                 }
             }
-            _ = poll.tick() => {
+            _ = tokio::time::sleep_until(next_poll) => {
                 if last_reconcile.elapsed() >= args.reconcile_interval {
                     last_reconcile = Instant::now();
                     if let Err(e) = agent.reconcile() {
                         log::warn!("reconcile: {e:#}");
                     }
                 }
+                let started = Instant::now();
                 if let Err(e) = agent.poll() {
                     log::warn!("poll: {e:#}");
                 }
+                let took = started.elapsed();
+                let interval = poll_interval(args.poll_interval, took);
+                next_poll = tokio::time::Instant::now() + interval;
+                let mut st = state.write().expect("state");
+                st.poll_seconds = took.as_secs_f64();
+                st.poll_interval_seconds = interval.as_secs_f64();
             }
         }
     }
@@ -531,6 +604,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_polls_stretch_the_interval_to_a_tenth_of_the_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(poll_interval(ms(500), ms(10)), ms(500));
+        assert_eq!(poll_interval(ms(500), ms(300)), ms(2700));
+    }
 
     #[test]
     fn pods_are_grouped_by_veth_and_named_from_the_cache() {
