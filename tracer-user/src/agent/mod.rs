@@ -353,6 +353,8 @@ impl Agent {
         self.ctx.ifaces = trace::node_context(&self.inv, NatRules::default()).ifaces;
         self.pods = node_pods(&self.inv, &self.cache);
         let t1 = Instant::now();
+        // The previous snapshot goes first: two at once would double the peak memory.
+        self.last = None;
         let snap = self.session.poll()?;
         let t2 = Instant::now();
         let mut flows: Vec<(FlowSummary, u32)> = Vec::new();
