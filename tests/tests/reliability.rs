@@ -162,6 +162,27 @@ fn any_signal_leaves_nothing_attached_and_other_tools_hooks_keep_running() -> Re
         assert_eq!(our_filters(&lab, &foreign.ids)?.len(), 0, "{mode}/{sig}: tc filters left");
         foreign.still_there(&lab, &format!("{mode}/{sig}"))?;
     }
+    // The agent too: it traces every veth and ENI of the node.
+    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
+    let pf = lab.pods_file();
+    let agent_args = ["agent", "--pods-file", pf.to_str().unwrap(), "--socket", sock.to_str().unwrap()];
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
+        let running = start_podtrace(&lab.ns("node-a"), &agent_args)?;
+        let _ = tests::agent_get(&sock, "GET", "/healthz")?;
+        assert!(ours(&tcx_programs(&lab)?) >= 8, "agent/{sig}: eth0, eth1 and two pod veths, both ways");
+        let out = running.signal(sig)?;
+        if sig != Signal::SIGKILL {
+            assert!(out.status.success(), "agent/{sig}: {}", out.stderr);
+        }
+        assert_eq!(ours(&tcx_programs(&lab)?), 0, "agent/{sig}: tcx programs left");
+        foreign.still_there(&lab, &format!("agent/{sig}"))?;
+    }
+    // The SIGKILLed agent left its socket file: a restart (the DaemonSet's) takes it over.
+    assert!(sock.exists());
+    let running = start_podtrace(&lab.ns("node-a"), &agent_args)?;
+    assert_eq!(tests::agent_get(&sock, "GET", "/healthz")?.0, 200);
+    assert!(running.signal(Signal::SIGTERM)?.status.success());
+    assert!(!sock.exists(), "socket removed on a clean exit");
     // The other tool's programs still see every packet.
     let before = foreign.packets()?;
     traffic::tcp_request(&lab.ns("web-2"), lab.addr("db", 8080), 10)?;
@@ -469,8 +490,18 @@ fn agent_metrics_show_the_forced_losses_exactly() -> Result<()> {
         }
         Ok(())
     })?;
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, text) = tests::agent_get(&sock, "GET", "/metrics")?;
+    // Two more polls: the second began after the injection ended.
+    let polls = |text: &str| tests::metric(text, "podtrace_agent_events_total", &[("name", "polls")]);
+    let start = polls(&tests::agent_get(&sock, "GET", "/metrics")?.1)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (_, text) = tests::agent_get(&sock, "GET", "/metrics")?;
+        if polls(&text)? >= start + 2.0 {
+            break text;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the agent stopped polling: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let full = tests::parse_prometheus(&text)?
         .into_iter()
         .find(|s| {

@@ -68,15 +68,23 @@ impl Kallsyms {
         let mut file = self.file.as_ref()?;
         file.seek(std::io::SeekFrom::Start(0)).ok()?;
         let mut best: Option<(u64, String)> = None;
-        for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+        let mut line = String::new();
+        // One reused line buffer: the file has hundreds of thousands of lines.
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
             let mut parts = line.split_whitespace();
             let (Some(a), Some(_kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+                line.clear();
                 continue;
             };
-            let Ok(base) = u64::from_str_radix(a, 16) else { continue };
-            if base != 0 && base <= addr && best.as_ref().is_none_or(|(b, _)| base > *b) {
+            if let Ok(base) = u64::from_str_radix(a, 16)
+                && base != 0
+                && base <= addr
+                && best.as_ref().is_none_or(|(b, _)| base > *b)
+            {
                 best = Some((base, name.to_string()));
             }
+            line.clear();
         }
         best.filter(|(base, _)| addr - base < 0x10_0000)
             .map(|(base, name)| format!("{name}+0x{:x}", addr - base))
