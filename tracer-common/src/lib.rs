@@ -79,6 +79,24 @@ pub struct FlowStats {
     pub _pad: [u8; 7],
 }
 
+/// Slots per CPU of the flow cache (a power of two).
+pub const FLOW_CACHE_SLOTS: u32 = 1024;
+
+/// One slot of the flow cache: a direct-mapped, per-CPU front of the flow table that takes a
+/// busy flow's packets with an inlined array access instead of a hash lookup. A flow's counts
+/// are its `FLOWS` entry plus every slot holding its key; counts never move between the two,
+/// so readers see every counter only grow. An all-zero slot (`key.ifindex == 0`) is free.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedFlow {
+    pub key: FlowKey,
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_ns: u64,
+    pub tcp_flags: u8,
+    pub _pad: [u8; 7],
+}
+
 /// Where and when a sampled packet was seen, and with which tuple.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -233,6 +251,7 @@ pub mod names {
     pub const PROG_DROP: &str = "podtrace_drop";
     pub const PROG_RETRANSMIT: &str = "podtrace_retrans";
     pub const MAP_FLOWS: &str = "FLOWS";
+    pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
     pub const MAP_SIGHTINGS: &str = "SIGHTINGS";
     pub const MAP_HOPS: &str = "HOPS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
@@ -249,6 +268,7 @@ mod pod_impls {
     unsafe impl aya::Pod for Tuple {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowStats {}
+    unsafe impl aya::Pod for CachedFlow {}
     unsafe impl aya::Pod for Sighting {}
     unsafe impl aya::Pod for HopEvent {}
     unsafe impl aya::Pod for DropKey {}
@@ -266,6 +286,7 @@ mod tests {
         assert_eq!(size_of::<Tuple>(), 40);
         assert_eq!(size_of::<FlowKey>(), 48);
         assert_eq!(size_of::<FlowStats>(), 40);
+        assert_eq!(size_of::<CachedFlow>(), 80);
         assert_eq!(size_of::<Sighting>(), 56);
         assert_eq!(size_of::<HopEvent>(), 112);
         assert_eq!(size_of::<DropKey>(), 56);

@@ -1,15 +1,49 @@
 //! All maps, their sizes and the counter helper. Sizes are defaults; user space resizes the
 //! flow and drop tables at load time (`--max-flows`).
 use aya_ebpf::{
+    helpers::bpf_get_smp_processor_id,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, Sighting, Tuple, counter};
+use tracer_common::{
+    CachedFlow, DropKey, DropStats, FLOW_CACHE_SLOTS, FlowKey, FlowStats, Sighting, Tuple, counter,
+};
 
 /// Per (tuple, ifindex, hook) packet/byte counters. A plain (not LRU) hash: when it is full new
 /// flows are counted in `FLOW_MAP_FULL` instead of silently evicting old ones.
 #[map(name = "FLOWS")]
 pub static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(65536, 0);
+
+/// The flow cache (see `tracer_common::CachedFlow`): `FLOW_CACHE_SLOTS` slots per CPU, CPU
+/// `c` owning `c * FLOW_CACHE_SLOTS ..`. A plain array rather than a per-CPU one so that user
+/// space can free one CPU's slot without writing the other CPUs' (which may be busy). User
+/// space sizes it for the possible CPUs at load time.
+#[map(name = "FLOW_CACHE")]
+pub static FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// This CPU's cache slot for `key`, chosen by a hash of the key's words.
+#[inline(always)]
+pub fn flow_cache_slot(key: &FlowKey) -> Option<*mut CachedFlow> {
+    let w = key_words(key);
+    let h = crate::signature::mix(w[0] ^ w[2] ^ w[4], w[1] ^ w[3] ^ w[5]);
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    FLOW_CACHE.get_ptr_mut(cpu.wrapping_mul(FLOW_CACHE_SLOTS) + (h as u32 & (FLOW_CACHE_SLOTS - 1)))
+}
+
+/// A flow key as six words, to hash and compare without byte loops.
+#[inline(always)]
+pub fn key_words(key: &FlowKey) -> &[u64; 6] {
+    const { assert!(size_of::<FlowKey>() == 48 && align_of::<FlowKey>() == 8) };
+    // SAFETY: FlowKey is 48 bytes, 8-byte aligned plain data.
+    unsafe { &*(key as *const FlowKey).cast::<[u64; 6]>() }
+}
+
+/// Word-wise key equality (a slice comparison would become a byte-loop `memcmp` call).
+#[inline(always)]
+pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    let (a, b) = (key_words(a), key_words(b));
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
+}
 
 /// The last sampled packet seen on this CPU in one slot of a direct-mapped table, chosen by
 /// signature. An array lookup is inlined by the verifier (no hashing, no locks, no LRU

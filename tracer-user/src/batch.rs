@@ -1,4 +1,4 @@
-//! Batched reads and deletes of per-CPU hash maps (`BPF_MAP_LOOKUP_BATCH`,
+//! Batched reads and deletes of maps (`BPF_MAP_LOOKUP_BATCH`,
 //! `BPF_MAP_DELETE_BATCH`, Linux ≥ 5.6). aya walks a map with two system calls per entry and a
 //! heap allocation per value; at 100 000 flows that is most of the agent's poll. A batch moves
 //! thousands of entries per call into one reused buffer.
@@ -11,6 +11,7 @@ use std::{
 use aya::Pod;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Entries asked for per call.
 const CHUNK: usize = 4096;
@@ -38,19 +39,22 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Every entry of a per-CPU hash map as (key, one value per possible CPU), handed to `each`.
-/// Entries that change during the walk may be seen in either state, as with a walk by keys.
-pub fn per_cpu_entries<K: Pod, V: Pod>(
+/// Every entry of a map as (key, its values), handed to `each`: one value per possible CPU for
+/// a per-CPU map (`values_per_key` = the possible CPUs), one for any other map. Entries that
+/// change during the walk may be seen in either state, as with a walk by keys.
+pub fn entries<K: Pod, V: Pod>(
     fd: BorrowedFd<'_>,
-    cpus: usize,
+    values_per_key: usize,
     mut each: impl FnMut(&K, &[V]),
 ) -> io::Result<()> {
-    // The kernel lays per-CPU values out in 8-byte slots.
-    const { assert!(size_of::<V>().is_multiple_of(8), "per-CPU values must be a multiple of 8 bytes") };
+    // The kernel lays per-CPU values out in 8-byte slots; this keeps every layout unpadded.
+    const { assert!(size_of::<V>().is_multiple_of(8), "values must be a multiple of 8 bytes") };
+    let cpus = values_per_key;
     let mut chunk = CHUNK;
     let mut keys: Vec<K> = Vec::new();
     let mut values: Vec<V> = Vec::new();
-    // The position token of hash maps is a bucket index (u32); room for a u64 is kept.
+    // The position token is a bucket index (hash maps) or a key (arrays), both u32; room for a
+    // u64 is kept.
     let (mut token_in, mut token_out) = (0u64, 0u64);
     let mut first = true;
     loop {
@@ -113,4 +117,20 @@ pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
         rest = &rest[(done + usize::from(done < n)).min(rest.len())..];
     }
     Ok(deleted)
+}
+
+/// Writes `values[i]` at `keys[i]` for a map with one value per key (not per-CPU).
+pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len());
+    for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+        let mut attr = BatchAttr {
+            keys: k.as_ptr() as u64,
+            values: v.as_ptr() as u64,
+            count: k.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+    }
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Loading the embedded kernel object with podtrace's load-time settings.
 use anyhow::{Context, Result};
 use aya::{Ebpf, EbpfLoader};
-use tracer_common::{KernelLayout, globals, names};
+use tracer_common::{FLOW_CACHE_SLOTS, KernelLayout, globals, names};
 
 /// The kernel programs, built by build.rs for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -36,6 +36,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .override_global(globals::SIGHTING_MAX_AGE_NS, &max_age_ns, true)
         .override_global(globals::LAYOUT, &layout, true)
         .map_max_entries(names::MAP_FLOWS, opts.max_flows.max(1))
+        .map_max_entries(names::MAP_FLOW_CACHE, crate::maps::possible_cpus()? as u32 * FLOW_CACHE_SLOTS)
         .load(OBJECT)
         .context("loading the podtrace eBPF object (needs root or CAP_BPF+CAP_PERFMON)")
 }

@@ -6,7 +6,7 @@ use aya::{
     Ebpf, Pod,
     maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
 };
-use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, Tuple, counter, names};
+use tracer_common::{CachedFlow, DropKey, DropStats, FlowKey, FlowStats, Tuple, counter, names};
 
 use crate::batch;
 
@@ -14,7 +14,7 @@ use crate::batch;
 pub type Counters = [u64; counter::COUNT as usize];
 
 /// The possible CPUs (per-CPU maps hold one value for each), read once.
-fn possible_cpus() -> Result<usize> {
+pub fn possible_cpus() -> Result<usize> {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     if let Some(n) = CPUS.get() {
         return Ok(*n);
@@ -35,7 +35,7 @@ fn per_cpu_hash<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
 fn read_per_cpu<K: Pod, V: Pod, T>(ebpf: &Ebpf, name: &str, fold: impl Fn(&[V]) -> T) -> Result<Vec<(K, T)>> {
     let data = per_cpu_hash(ebpf, name)?;
     let mut out = Vec::new();
-    batch::per_cpu_entries::<K, V>(data.fd().as_fd(), possible_cpus()?, |k, v| out.push((*k, fold(v))))
+    batch::entries::<K, V>(data.fd().as_fd(), possible_cpus()?, |k, v| out.push((*k, fold(v))))
         .with_context(|| format!("reading the {name} map"))?;
     Ok(out)
 }
@@ -48,14 +48,60 @@ pub fn merge(values: &[FlowStats]) -> FlowStats {
         out.bytes += v.bytes;
         out.tcp_flags |= v.tcp_flags;
         out.last_ns = out.last_ns.max(v.last_ns);
-        out.first_ns = if out.first_ns == 0 { v.first_ns } else { out.first_ns.min(v.first_ns) };
+        // Zero: not dated here (a flow-cache slot only dates a flow's latest packet).
+        if v.first_ns != 0 {
+            out.first_ns = if out.first_ns == 0 { v.first_ns } else { out.first_ns.min(v.first_ns) };
+        }
     }
     out
 }
 
-/// Every (flow, interface, hook) entry with its counters merged over CPUs.
+/// Every (flow, interface, hook) entry with its counters merged over CPUs and with the counts
+/// its flow-cache slots hold. Counts never move between the table and the slots, so no order
+/// of the two reads can count a packet twice or lose it.
 pub fn read_flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
-    read_per_cpu(ebpf, names::MAP_FLOWS, merge)
+    let mut flows = read_per_cpu(ebpf, names::MAP_FLOWS, merge)?;
+    let mut cached: std::collections::HashMap<FlowKey, FlowStats> = std::collections::HashMap::new();
+    for (_, slot) in read_flow_cache(ebpf)? {
+        let s = cached.entry(slot.key).or_default();
+        s.packets += slot.packets;
+        s.bytes += slot.bytes;
+        s.last_ns = s.last_ns.max(slot.last_ns);
+        s.tcp_flags |= slot.tcp_flags;
+    }
+    if cached.is_empty() {
+        return Ok(flows);
+    }
+    for (key, stats) in flows.iter_mut() {
+        if let Some(c) = cached.remove(key) {
+            *stats = merge(&[*stats, c]);
+        }
+    }
+    // A slot whose table entry was deleted under it (a packet racing the flow's expiry).
+    flows.extend(cached.into_iter().map(|(k, mut s)| {
+        s.first_ns = s.last_ns;
+        (k, s)
+    }));
+    Ok(flows)
+}
+
+fn flow_cache(ebpf: &Ebpf) -> Result<&MapData> {
+    match ebpf.map(names::MAP_FLOW_CACHE) {
+        Some(Map::Array(d)) => Ok(d),
+        _ => Err(anyhow!("{} map missing", names::MAP_FLOW_CACHE)),
+    }
+}
+
+/// The taken flow-cache slots with their indexes.
+pub fn read_flow_cache(ebpf: &Ebpf) -> Result<Vec<(u32, CachedFlow)>> {
+    let mut out = Vec::new();
+    batch::entries::<u32, CachedFlow>(flow_cache(ebpf)?.fd().as_fd(), 1, |i, v| {
+        if v[0].key.ifindex != 0 && v[0].packets > 0 {
+            out.push((*i, v[0]));
+        }
+    })
+    .context("reading the flow cache")?;
+    Ok(out)
 }
 
 /// Capacity of the flow table.
@@ -63,10 +109,19 @@ pub fn flow_table_capacity(ebpf: &Ebpf) -> u32 {
     per_cpu_hash(ebpf, names::MAP_FLOWS).ok().and_then(|d| d.info().ok()).map_or(0, |i| i.max_entries())
 }
 
-/// Removes entries from the flow table (idle expiry, eviction); returns how many went.
+/// Removes entries from the flow table (idle expiry, eviction) and frees the cache slots
+/// holding them; returns how many table entries went. As with the table entry, a packet
+/// counted in a slot between the last read and its freeing is not reported.
 pub fn delete_flows(ebpf: &Ebpf, keys: &[FlowKey]) -> Result<usize> {
     let data = per_cpu_hash(ebpf, names::MAP_FLOWS)?;
-    batch::delete(data.fd().as_fd(), keys).context("deleting from the FLOWS map")
+    let deleted = batch::delete(data.fd().as_fd(), keys).context("deleting from the FLOWS map")?;
+    let doomed: std::collections::HashSet<&FlowKey> = keys.iter().collect();
+    let held: Vec<u32> =
+        read_flow_cache(ebpf)?.into_iter().filter(|(_, s)| doomed.contains(&s.key)).map(|(i, _)| i).collect();
+    // Only those slots: a slot of the same index on another CPU may be busy with another flow.
+    let free = vec![CachedFlow::default(); held.len()];
+    batch::update(flow_cache(ebpf)?.fd().as_fd(), &held, &free).context("freeing flow-cache slots")?;
+    Ok(deleted)
 }
 
 pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
@@ -104,4 +159,28 @@ pub fn set_addr_filter(ebpf: &mut Ebpf, addrs: &[std::net::IpAddr]) -> Result<()
 pub fn take_hops(ebpf: &mut Ebpf) -> Result<RingBuf<aya::maps::MapData>> {
     let map = ebpf.take_map(names::MAP_HOPS).ok_or_else(|| anyhow!("HOPS map missing"))?;
     RingBuf::try_from(map).context("HOPS ring buffer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sums_counts_and_dates_only_from_dated_values() {
+        let table = FlowStats {
+            packets: 1,
+            bytes: 60,
+            first_ns: 1_000,
+            last_ns: 1_000,
+            tcp_flags: 0x02,
+            _pad: [0; 7],
+        };
+        // A cache slot: later packets, a coarse (earlier-looking) latest time, no first time.
+        let slot =
+            FlowStats { packets: 9, bytes: 540, first_ns: 0, last_ns: 900, tcp_flags: 0x10, _pad: [0; 7] };
+        let idle = FlowStats::default();
+        let m = merge(&[slot, idle, table]);
+        assert_eq!((m.packets, m.bytes, m.tcp_flags), (10, 600, 0x12));
+        assert_eq!((m.first_ns, m.last_ns), (1_000, 1_000));
+    }
 }

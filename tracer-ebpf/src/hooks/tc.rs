@@ -1,7 +1,9 @@
 //! TC classifiers for pod veths and ENIs (tcx or clsact, both ingress and egress).
 //!
-//! Per packet: parse, filter, add to the flow table. Only sampled packets touch the sighting
-//! table and the ring buffer, so steady-state cost is one hash update.
+//! Per packet: parse, filter, add to the flow table. A busy flow's packets land in this CPU's
+//! flow-cache slot (an inlined array access); only a flow's first packets on a CPU, and flows
+//! whose slot is taken, go through the flow hash table. Only sampled packets touch the
+//! sighting table and the ring buffer.
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
@@ -15,7 +17,7 @@ use tracer_common::{FlowKey, FlowStats, HopEvent, Sighting, counter, hook};
 
 use crate::{
     globals,
-    maps::{FLOWS, HOPS, SIGHTING_SLOTS, SIGHTINGS, count, wanted},
+    maps::{FLOWS, HOPS, SIGHTING_SLOTS, SIGHTINGS, count, flow_cache_slot, same_key, wanted},
     mem,
     packet::{Reader, local_scope, parse_ethernet},
 };
@@ -150,6 +152,24 @@ fn observe(ctx: &TcContext, hook: u8) {
     key.ifindex = ifindex;
     key.hook = hook;
 
+    // Steady state: the flow already holds this CPU's cache slot.
+    let slot = flow_cache_slot(key);
+    if let Some(c) = slot {
+        // Per-CPU slot: no other CPU writes it, no atomics needed.
+        let c = unsafe { &mut *c };
+        if same_key(&c.key, key) {
+            c.packets += 1;
+            c.bytes += len as u64;
+            c.last_ns = coarse;
+            c.tcp_flags |= p.tcp_flags;
+            count(counter::TRACKED);
+            if p.sig & globals::sample_mask() == 0 {
+                sample(p.sig, unsafe { bpf_ktime_get_ns() }, key);
+            }
+            return;
+        }
+    }
+
     // An existing entry means the flow already passed the address filter: one lookup per
     // packet in steady state.
     let new_flow = match FLOWS.get_ptr_mut(&key) {
@@ -186,6 +206,18 @@ fn observe(ctx: &TcContext, hook: u8) {
             true
         }
     };
+    // The flow is in the table now: take this CPU's slot if it is free, so that the flow's next
+    // packets skip the hash. The slot starts empty: this packet is already counted above.
+    if let Some(c) = slot {
+        let c = unsafe { &mut *c };
+        if c.key.ifindex == 0 {
+            c.packets = 0;
+            c.bytes = 0;
+            c.last_ns = 0;
+            c.tcp_flags = 0;
+            unsafe { mem::copy(&mut c.key, key) };
+        }
+    }
     count(counter::TRACKED);
 
     // The first packet of a flow at each hook is always sampled so that NAT is seen even for
