@@ -243,7 +243,7 @@ impl Bench {
             Ok((t as f64 / c.max(1) as f64, c))
         };
         let mut k = KernelCost::default();
-        for r in 0..if self.quick { 2 } else { 7 } {
+        for r in 0..if self.quick { 3 } else { 7 } {
             let mut one = |cfg: Config| -> Result<()> {
                 if cfg == Config::Podtrace {
                     let (ns, runs) = per(cfg, &["podtrace_ingres", "podtrace_egress"])?;
