@@ -33,6 +33,12 @@ fn counts(tracer: &Tracer) -> Result<HashMap<u16, (u64, u64)>> {
         .collect())
 }
 
+/// CLOCK_MONOTONIC, the clock of the kernel's timestamps.
+fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
 #[test]
 fn counts_are_exact_when_flows_outnumber_and_share_cache_slots() -> Result<()> {
     let tracer = Tracer::load(&LoadOptions::default(), AttachMode::Auto)?;
@@ -81,6 +87,20 @@ fn deleting_a_flow_frees_its_cache_slot() -> Result<()> {
         Ok(maps::read_flow_cache(&tracer.ebpf)?.iter().any(|(_, s)| s.key == key))
     };
     assert!(holds(&tracer)?, "the busy flow holds a cache slot");
+
+    // A packet that lands in the slot a while later dates the flow (to the tick: the slot
+    // reads the coarse clock when jiffies moved; a tick is at most 10 ms).
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let sent_ns = monotonic_ns();
+    send(prog, &pkt)?;
+    let last = maps::read_flows(&tracer.ebpf)?[0].1;
+    assert_eq!(last.packets, 6);
+    assert!(
+        last.last_ns + 10_000_000 >= sent_ns,
+        "last packet dated {} ns before it was sent",
+        sent_ns - last.last_ns
+    );
+    assert_eq!(last.first_ns, stats.first_ns, "the first packet's time stays");
 
     assert_eq!(maps::delete_flows(&tracer.ebpf, &[key])?, 1);
     assert!(maps::read_flows(&tracer.ebpf)?.is_empty(), "gone from the table and the cache");

@@ -93,6 +93,9 @@ pub struct CachedFlow {
     pub packets: u64,
     pub bytes: u64,
     pub last_ns: u64,
+    /// `jiffies` when `last_ns` was taken: the coarse clock only changes with jiffies, so it
+    /// is read once per tick rather than once per packet.
+    pub last_jiffies: u64,
     pub tcp_flags: u8,
     pub _pad: [u8; 7],
 }
@@ -286,7 +289,7 @@ mod tests {
         assert_eq!(size_of::<Tuple>(), 40);
         assert_eq!(size_of::<FlowKey>(), 48);
         assert_eq!(size_of::<FlowStats>(), 40);
-        assert_eq!(size_of::<CachedFlow>(), 80);
+        assert_eq!(size_of::<CachedFlow>(), 88);
         assert_eq!(size_of::<Sighting>(), 56);
         assert_eq!(size_of::<HopEvent>(), 112);
         assert_eq!(size_of::<DropKey>(), 56);

@@ -772,20 +772,19 @@ podtrace's user space used 0.2 % of a core (one tick) while 108 000 packets/s cr
 empty program's ~70 ns is almost all measurement and dispatch; podtrace's own work is the
 difference. Measured during development with `cargo xtask bench --kernel-cost-only` on builds
 with one stage removed at a time (each figure ±10 ns of noise): parsing and its counters
-~30–40 ns (a build that only parses and returns already measures 1.3–1.4×); sampling (one
-packet in 16 plus each flow's first: a per-CPU sightings slot, sometimes a ring-buffer record)
-~10–25 ns amortized; counting the packet for its flow and hook ~40 ns. That last part was
-~100 ns while every packet looked its flow up in the per-CPU hash table (48-byte key: hash,
-bucket walk, key compare, per-CPU value) and the ratio was 3×; a per-CPU, direct-mapped flow
-cache (an inlined array access and a six-word compare) now takes a busy flow's packets, and the
-table only a flow's first packet on each CPU and flows whose slot is taken (with more busy
-flows than a CPU's 1 024 slots, those without one pay the table lookup as before). Done before that:
-direct packet access with wide loads instead of `bpf_skb_load_bytes`, the address filter
-consulted only for new flows, the coarse clock for updates, per-CPU direct-mapped sightings
-instead of an LRU hash, batched ring-buffer wake-ups, no `memset`/`memmove` calls. What is left
-is parsing plus one exact per-flow, per-hook counter update; 2× leaves ~70 ns for both, which
-this VM's memory accesses do not allow, and going lower would mean not counting every packet
-per flow (sampling only), losing exact packet and byte counts per hop.
+~30–40 ns (a build that only parses and returns measures 1.3–1.4×); sampling (one packet in 16
+plus each flow's first: a per-CPU sightings slot, sometimes a ring-buffer record) ~10–25 ns
+amortized; counting the packet for its flow and hook ~20 ns. The history of that last part:
+with a lookup in the per-CPU flow hash table for every packet (48-byte key: hash, bucket walk,
+key compare, per-CPU value) it cost ~100 ns and the ratio was 3×; a per-CPU, direct-mapped flow
+cache (an inlined array access and a six-word compare) took it to 2.3×, the coarse clock read
+(a helper call, ~20 ns) being the largest piece left; reading that clock only when jiffies
+moved (a load the JIT inlines; the coarse clock changes only then) brought it under 2×. The
+table now takes only a flow's first packet on each CPU and flows whose slot is taken (with more
+busy flows than a CPU's 1 024 slots, those without one pay the table lookup and clock read as
+before). Done before: direct packet access with wide loads instead of `bpf_skb_load_bytes`,
+the address filter consulted only for new flows, per-CPU direct-mapped sightings instead of an
+LRU hash, batched ring-buffer wake-ups, no `memset`/`memmove` calls.
 
 **Agent.** Its CPU at a fixed packet rate is the polling of a few flows; at 100 000 flows a
 poll takes ~0.3 s (batched table reads ~80 ms, assembly ~250 ms) and the poll interval

@@ -9,7 +9,7 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::classifier,
     programs::TcContext,
 };
@@ -145,10 +145,6 @@ fn observe(ctx: &TcContext, hook: u8) {
     }
     let skb = ctx.as_ptr() as *const __sk_buff;
     let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len) };
-    // Coarse time (the last timer tick) is enough to date a flow's latest packet and costs a
-    // fraction of a precise clock read; precise times are taken where ordering or latency
-    // needs them: a flow's first packet and sampled packets.
-    let coarse = unsafe { bpf_ktime_get_coarse_ns() };
     key.ifindex = ifindex;
     key.hook = hook;
 
@@ -160,7 +156,13 @@ fn observe(ctx: &TcContext, hook: u8) {
         if same_key(&c.key, key) {
             c.packets += 1;
             c.bytes += len as u64;
-            c.last_ns = coarse;
+            // The coarse clock moves once per tick, as jiffies do; reading jiffies is a plain
+            // load (inlined by the JIT), the clock a helper call: read it when jiffies moved.
+            let jiffies = unsafe { bpf_jiffies64() };
+            if c.last_jiffies != jiffies {
+                c.last_jiffies = jiffies;
+                c.last_ns = unsafe { bpf_ktime_get_coarse_ns() };
+            }
             c.tcp_flags |= p.tcp_flags;
             count(counter::TRACKED);
             if p.sig & globals::sample_mask() == 0 {
@@ -172,6 +174,10 @@ fn observe(ctx: &TcContext, hook: u8) {
 
     // An existing entry means the flow already passed the address filter: one lookup per
     // packet in steady state.
+    // Coarse time (the last timer tick) is enough to date a flow's latest packet and costs a
+    // fraction of a precise clock read; precise times are taken where ordering or latency
+    // needs them: a flow's first packet and sampled packets.
+    let coarse = unsafe { bpf_ktime_get_coarse_ns() };
     let new_flow = match FLOWS.get_ptr_mut(&key) {
         Some(s) => {
             // Per-CPU value: no other CPU writes it, no atomics needed.
@@ -214,6 +220,7 @@ fn observe(ctx: &TcContext, hook: u8) {
             c.packets = 0;
             c.bytes = 0;
             c.last_ns = 0;
+            c.last_jiffies = 0;
             c.tcp_flags = 0;
             unsafe { mem::copy(&mut c.key, key) };
         }
