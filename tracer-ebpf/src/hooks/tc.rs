@@ -13,7 +13,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use tracer_common::{FlowKey, FlowStats, HopEvent, Sighting, counter, hook};
+use tracer_common::{CachedFlow, FlowKey, FlowStats, HopEvent, Sighting, counter, hook};
 
 use crate::{
     globals,
@@ -148,52 +148,71 @@ fn observe(ctx: &TcContext, hook: u8) {
     key.ifindex = ifindex;
     key.hook = hook;
 
-    // Steady state: the flow already holds this CPU's cache slot.
+    // Steady state: the flow already holds this CPU's cache slot. Otherwise the flow table,
+    // after which the flow takes its slot if it is free.
     let slot = flow_cache_slot(key);
-    if let Some(c) = slot {
-        // Per-CPU slot: no other CPU writes it, no atomics needed.
-        let c = unsafe { &mut *c };
-        if same_key(&c.key, key) {
-            c.packets += 1;
-            c.bytes += len as u64;
-            // The coarse clock moves once per tick, as jiffies do; reading jiffies is a plain
-            // load (inlined by the JIT), the clock a helper call: read it when jiffies moved.
-            let jiffies = unsafe { bpf_jiffies64() };
-            if c.last_jiffies != jiffies {
-                c.last_jiffies = jiffies;
-                c.last_ns = unsafe { bpf_ktime_get_coarse_ns() };
-            }
-            c.tcp_flags |= p.tcp_flags;
-            count(counter::TRACKED);
-            if p.sig & globals::sample_mask() == 0 {
-                sample(p.sig, unsafe { bpf_ktime_get_ns() }, key);
-            }
-            return;
+    let new_flow = match slot {
+        Some(c) if same_key(unsafe { &(*c).key }, key) => {
+            count_in_slot(unsafe { &mut *c }, len, p.tcp_flags);
+            false
         }
-    }
+        _ => {
+            let Some(new_flow) = count_in_table(key, len, p.tcp_flags) else { return };
+            if let Some(c) = slot {
+                take_slot_if_free(unsafe { &mut *c }, key);
+            }
+            new_flow
+        }
+    };
+    count(counter::TRACKED);
 
-    // An existing entry means the flow already passed the address filter: one lookup per
-    // packet in steady state.
-    // Coarse time (the last timer tick) is enough to date a flow's latest packet and costs a
-    // fraction of a precise clock read; precise times are taken where ordering or latency
-    // needs them: a flow's first packet and sampled packets.
-    let coarse = unsafe { bpf_ktime_get_coarse_ns() };
-    let new_flow = match FLOWS.get_ptr_mut(&key) {
+    // The first packet of a flow at each hook is always sampled so that NAT is seen even for
+    // one-packet flows; the rest by signature, so a packet is sampled at all hooks or none.
+    if new_flow || p.sig & globals::sample_mask() == 0 {
+        sample(p.sig, unsafe { bpf_ktime_get_ns() }, key);
+    }
+}
+
+/// Counts a packet in the flow's cache slot (per CPU: no other CPU writes it, no atomics).
+#[inline(always)]
+fn count_in_slot(c: &mut CachedFlow, len: u32, tcp_flags: u8) {
+    c.packets += 1;
+    c.bytes += len as u64;
+    // The coarse clock moves once per tick, as jiffies do; reading jiffies is a plain load
+    // (inlined by the JIT), the clock a helper call: read it only when jiffies moved.
+    let jiffies = unsafe { bpf_jiffies64() };
+    if c.last_jiffies != jiffies {
+        c.last_jiffies = jiffies;
+        c.last_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    c.tcp_flags |= tcp_flags;
+}
+
+/// Counts a packet in the flow table: `Some(true)` for a new flow, `None` when it is not
+/// tracked (not of interest, or the table is full).
+#[inline(always)]
+fn count_in_table(key: &FlowKey, len: u32, tcp_flags: u8) -> Option<bool> {
+    match FLOWS.get_ptr_mut(key) {
         Some(s) => {
             // Per-CPU value: no other CPU writes it, no atomics needed.
             let s = unsafe { &mut *s };
             s.packets += 1;
             s.bytes += len as u64;
-            s.last_ns = coarse;
-            s.tcp_flags |= p.tcp_flags;
+            // Coarse time (the last timer tick) is enough to date a flow's latest packet and
+            // costs a fraction of a precise clock read; precise times are taken where ordering
+            // or latency needs them: a flow's first packet and sampled packets.
+            s.last_ns = unsafe { bpf_ktime_get_coarse_ns() };
+            s.tcp_flags |= tcp_flags;
             if s.first_ns == 0 {
                 s.first_ns = unsafe { bpf_ktime_get_ns() };
             }
-            false
+            Some(false)
         }
+        // An existing entry means the flow already passed the address filter, so the filter
+        // is consulted for new flows only.
         None => {
             if !wanted(&key.tuple) {
-                return;
+                return None;
             }
             let now = unsafe { bpf_ktime_get_ns() };
             let mut s_slot = MaybeUninit::<FlowStats>::uninit();
@@ -202,35 +221,29 @@ fn observe(ctx: &TcContext, hook: u8) {
             s.bytes = len as u64;
             s.first_ns = now;
             s.last_ns = now;
-            s.tcp_flags = p.tcp_flags;
+            s.tcp_flags = tcp_flags;
             // BPF_ANY on a per-CPU hash only writes this CPU's slot, so a racing insert of the
             // same key on another CPU loses nothing.
-            if FLOWS.insert(&key, &s, 0).is_err() {
+            if FLOWS.insert(key, s, 0).is_err() {
                 count(counter::FLOW_MAP_FULL);
-                return;
+                return None;
             }
-            true
-        }
-    };
-    // The flow is in the table now: take this CPU's slot if it is free, so that the flow's next
-    // packets skip the hash. The slot starts empty: this packet is already counted above.
-    if let Some(c) = slot {
-        let c = unsafe { &mut *c };
-        if c.key.ifindex == 0 {
-            c.packets = 0;
-            c.bytes = 0;
-            c.last_ns = 0;
-            c.last_jiffies = 0;
-            c.tcp_flags = 0;
-            unsafe { mem::copy(&mut c.key, key) };
+            Some(true)
         }
     }
-    count(counter::TRACKED);
+}
 
-    // The first packet of a flow at each hook is always sampled so that NAT is seen even for
-    // one-packet flows; the rest by signature, so a packet is sampled at all hooks or none.
-    if new_flow || p.sig & globals::sample_mask() == 0 {
-        sample(p.sig, unsafe { bpf_ktime_get_ns() }, &key);
+/// Gives a free cache slot to a flow that is in the table, so that its next packets skip the
+/// hash. The slot starts empty: the packet that got here is already counted in the table.
+#[inline(always)]
+fn take_slot_if_free(c: &mut CachedFlow, key: &FlowKey) {
+    if c.key.ifindex == 0 {
+        c.packets = 0;
+        c.bytes = 0;
+        c.last_ns = 0;
+        c.last_jiffies = 0;
+        c.tcp_flags = 0;
+        unsafe { mem::copy(&mut c.key, key) };
     }
 }
 
