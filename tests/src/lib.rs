@@ -144,6 +144,24 @@ pub fn start_podtrace(ns: &str, args: &[&str]) -> Result<Running> {
     }
 }
 
+/// Starts `podtrace agent` on the lab's node-a with the lab's pods file, its socket in the
+/// lab's state directory and a 200 ms poll interval, plus `extra` arguments.
+pub fn start_agent(lab: &xtask::lab::Lab, extra: &[&str]) -> Result<(Running, std::path::PathBuf)> {
+    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
+    let pods = lab.pods_file();
+    let mut args = vec![
+        "agent",
+        "--pods-file",
+        pods.to_str().unwrap(),
+        "--socket",
+        sock.to_str().unwrap(),
+        "--poll-interval",
+        "200ms",
+    ];
+    args.extend(extra);
+    Ok((start_podtrace(&lab.ns("node-a"), &args)?, sock))
+}
+
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -6,11 +6,8 @@ use std::{
 
 use anyhow::{Result, bail};
 use nix::sys::signal::Signal;
-use tests::{Running, agent_get, lab, metric, run_podtrace, start_podtrace};
-use xtask::{
-    lab::{Lab, traffic},
-    netns,
-};
+use tests::{agent_get, lab, metric, run_podtrace, start_agent};
+use xtask::{lab::traffic, netns};
 
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
@@ -40,23 +37,6 @@ fn wait_for<T>(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn start_agent(lab: &Lab, extra: &[&str]) -> Result<(Running, std::path::PathBuf)> {
-    let dir = xtask::lab::state_dir(lab.prefix());
-    let sock = dir.join("agent.sock");
-    let pods = lab.pods_file();
-    let mut args = vec![
-        "agent",
-        "--pods-file",
-        pods.to_str().unwrap(),
-        "--socket",
-        sock.to_str().unwrap(),
-        "--poll-interval",
-        "200ms",
-    ];
-    args.extend(extra);
-    Ok((start_podtrace(&lab.ns("node-a"), &args)?, sock))
 }
 
 #[test]

@@ -12,7 +12,7 @@ use podtrace::{
     maps,
     netlink::{self, tc},
 };
-use tests::{Finished, bpf, lab, packets::*, run_podtrace, start_podtrace};
+use tests::{Finished, bpf, lab, packets::*, run_podtrace, start_agent, start_podtrace};
 use tracer_common::{counter, names};
 use xtask::{
     lab::{Lab, traffic},
@@ -163,11 +163,8 @@ fn any_signal_leaves_nothing_attached_and_other_tools_hooks_keep_running() -> Re
         foreign.still_there(&lab, &format!("{mode}/{sig}"))?;
     }
     // The agent too: it traces every veth and ENI of the node.
-    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
-    let pf = lab.pods_file();
-    let agent_args = ["agent", "--pods-file", pf.to_str().unwrap(), "--socket", sock.to_str().unwrap()];
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL] {
-        let running = start_podtrace(&lab.ns("node-a"), &agent_args)?;
+        let (running, sock) = start_agent(&lab, &[])?;
         let _ = tests::agent_get(&sock, "GET", "/healthz")?;
         assert!(ours(&tcx_programs(&lab)?) >= 8, "agent/{sig}: eth0, eth1 and two pod veths, both ways");
         let out = running.signal(sig)?;
@@ -178,8 +175,9 @@ fn any_signal_leaves_nothing_attached_and_other_tools_hooks_keep_running() -> Re
         foreign.still_there(&lab, &format!("agent/{sig}"))?;
     }
     // The SIGKILLed agent left its socket file: a restart (the DaemonSet's) takes it over.
+    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
     assert!(sock.exists());
-    let running = start_podtrace(&lab.ns("node-a"), &agent_args)?;
+    let (running, _) = start_agent(&lab, &[])?;
     assert_eq!(tests::agent_get(&sock, "GET", "/healthz")?.0, 200);
     assert!(running.signal(Signal::SIGTERM)?.status.success());
     assert!(!sock.exists(), "socket removed on a clean exit");
@@ -460,22 +458,7 @@ fn agent_metrics_show_the_forced_losses_exactly() -> Result<()> {
     let lab = lab("agentloss", |_| {})?;
     let veth = lab.plan.pod("web-2").unwrap().veth.clone();
     let veth_idx = in_ns(&lab, "node-a", || Ok(netlink::ifindex(&veth).unwrap()))?;
-    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
-    let pf = lab.pods_file();
-    let running = start_podtrace(
-        &lab.ns("node-a"),
-        &[
-            "agent",
-            "--pods-file",
-            pf.to_str().unwrap(),
-            "--socket",
-            sock.to_str().unwrap(),
-            "--max-flows",
-            "16",
-            "--poll-interval",
-            "200ms",
-        ],
-    )?;
+    let (running, sock) = start_agent(&lab, &["--max-flows", "16"])?;
     let ingress = program_fd(&lab, &veth, TcAttachType::Ingress)?;
     // Whatever the quiet lab already put in the table counts towards the 16.
     let (_, before) = tests::agent_get(&sock, "GET", "/metrics")?;
@@ -502,14 +485,8 @@ fn agent_metrics_show_the_forced_losses_exactly() -> Result<()> {
         anyhow::ensure!(std::time::Instant::now() < deadline, "the agent stopped polling: {text}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let full = tests::parse_prometheus(&text)?
-        .into_iter()
-        .find(|s| {
-            s.name == "podtrace_kernel_events_total"
-                && s.labels.get("name").map(String::as_str) == Some("flow_map_full")
-        })
-        .expect("flow_map_full exported");
-    assert_eq!(full.value as u64, 100 - (16 - used), "{text}");
+    let full = tests::metric(&text, "podtrace_kernel_events_total", &[("name", "flow_map_full")])?;
+    assert_eq!(full as u64, 100 - (16 - used), "{text}");
     drop(running);
     Ok(())
 }
@@ -519,24 +496,7 @@ fn agent_memory_is_bounded_by_eviction_and_expiry_without_losing_counts() -> Res
     let lab = lab("agentcap", |_| {})?;
     let veth = lab.plan.pod("web-2").unwrap().veth.clone();
     let veth_idx = in_ns(&lab, "node-a", || Ok(netlink::ifindex(&veth).unwrap()))?;
-    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
-    let pf = lab.pods_file();
-    let _running = start_podtrace(
-        &lab.ns("node-a"),
-        &[
-            "agent",
-            "--pods-file",
-            pf.to_str().unwrap(),
-            "--socket",
-            sock.to_str().unwrap(),
-            "--max-tracked-flows",
-            "10",
-            "--idle-timeout",
-            "2s",
-            "--poll-interval",
-            "200ms",
-        ],
-    )?;
+    let (_running, sock) = start_agent(&lab, &["--max-tracked-flows", "10", "--idle-timeout", "2s"])?;
     let get = |name: &str, labels: &[(&str, &str)]| -> Result<f64> {
         tests::metric(&tests::agent_get(&sock, "GET", "/metrics")?.1, name, labels)
     };

@@ -359,24 +359,33 @@ fn stage(t0: Instant, what: &str) {
     eprintln!("bench: [{:>5.1} s] {what}", t0.elapsed().as_secs_f64());
 }
 
-fn agent_figures(b: &Bench) -> Result<AgentFigures> {
-    let t0 = Instant::now();
-    let dir = xtask::lab::state_dir(b.lab.prefix());
-    let sock = dir.join("bench-agent.sock");
-    let pods = b.lab.pods_file();
+/// `podtrace agent` on node-a with the lab's pods file, running once it says it is tracing.
+fn spawn_agent(b: &Bench, sock: &std::path::Path, extra: &[&str]) -> Result<Child> {
     let mut agent = Command::new("ip")
         .args(["netns", "exec", &b.ns("node-a")])
         .arg(&b.podtrace)
         .args(["agent", "--pods-file"])
-        .arg(&pods)
+        .arg(b.lab.pods_file())
         .arg("--socket")
-        .arg(&sock)
-        .args(["--max-tracked-flows", "200000", "--max-flows", "262144", "--idle-timeout", "10m"])
+        .arg(sock)
+        .args(extra)
         .args(std::env::var_os("BENCH_VERBOSE").map(|_| "-vv"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
     wait_for_line(&mut agent, "tracing")?;
+    Ok(agent)
+}
+
+fn agent_figures(b: &Bench) -> Result<AgentFigures> {
+    let t0 = Instant::now();
+    let dir = xtask::lab::state_dir(b.lab.prefix());
+    let sock = dir.join("bench-agent.sock");
+    let agent = spawn_agent(
+        b,
+        &sock,
+        &["--max-tracked-flows", "200000", "--max-flows", "262144", "--idle-timeout", "10m"],
+    )?;
     let pid = agent.id();
     let guard = Active::Process(vec![agent]);
     std::thread::sleep(Duration::from_secs(1));
@@ -501,18 +510,7 @@ fn agent_figures(b: &Bench) -> Result<AgentFigures> {
 
     stage(t0, "attach latency");
     // 4. Attach latency: a fresh agent (small tables), new pods, first counted packet.
-    let mut agent = Command::new("ip")
-        .args(["netns", "exec", &b.ns("node-a")])
-        .arg(&b.podtrace)
-        .args(["agent", "--pods-file"])
-        .arg(&pods)
-        .arg("--socket")
-        .arg(&sock)
-        .args(["--poll-interval", "100ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    wait_for_line(&mut agent, "tracing")?;
+    let agent = spawn_agent(b, &sock, &["--poll-interval", "100ms"])?;
     let guard = Active::Process(vec![agent]);
     let mut attach_ms = Vec::new();
     let db = std::net::SocketAddr::new(b.lab.plan.host("db").unwrap().ip.into(), 9);
