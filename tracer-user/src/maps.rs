@@ -64,10 +64,16 @@ pub fn read_flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
     let mut cached: std::collections::HashMap<FlowKey, FlowStats> = std::collections::HashMap::new();
     for (_, slot) in read_flow_cache(ebpf)? {
         let s = cached.entry(slot.key).or_default();
-        s.packets += slot.packets;
-        s.bytes += slot.bytes;
-        s.last_ns = s.last_ns.max(slot.last_ns);
-        s.tcp_flags |= slot.tcp_flags;
+        // A slot dates only its flow's latest packet: no first time.
+        let counts = FlowStats {
+            packets: slot.packets,
+            bytes: slot.bytes,
+            first_ns: 0,
+            last_ns: slot.last_ns,
+            tcp_flags: slot.tcp_flags,
+            _pad: [0; 7],
+        };
+        *s = merge(&[*s, counts]);
     }
     if cached.is_empty() {
         return Ok(flows);

@@ -703,15 +703,14 @@ fn render(args: &Args, tcp: &Rounds, udp: &Rounds, k: &KernelCost, a: &AgentFigu
         writeln!(s, "| configuration | {unit}, median (min – max) | ratio to untraced |").unwrap();
         writeln!(s, "|---|---|---|").unwrap();
         for c in Config::ALL {
-            let mut v = m[&c].clone();
-            let med = median(&mut v);
+            let (med, lo, hi) = spread(&m[&c]);
             writeln!(
                 s,
                 "| {} | {:.2} ({:.2} – {:.2}) | {:.3} |",
                 c.name(),
                 med * scale,
-                v[0] * scale,
-                v[v.len() - 1] * scale,
+                lo * scale,
+                hi * scale,
                 ratio(m, c)
             )
             .unwrap();
