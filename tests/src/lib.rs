@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::Result;
+pub use podtrace::report::json::{FlowReport, HopReport};
 use xtask::netns;
 
 pub mod packets;
@@ -84,6 +85,17 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// stdout parsed as flows of the JSON contract (one per line).
+    pub fn flows(&self) -> Vec<FlowReport> {
+        self.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not a flow of the contract: {l:?}: {e}"))
+            })
+            .collect()
+    }
+
     /// stdout parsed as JSON lines.
     pub fn json(&self) -> Vec<serde_json::Value> {
         self.stdout
@@ -218,25 +230,34 @@ pub fn lab(tag: &str, cfg: impl FnOnce(&mut xtask::lab::LabConfig)) -> Result<xt
     xtask::lab::Lab::start(&c)
 }
 
-/// Finds the flow objects matching a predicate.
-pub fn flows_where(
-    flows: &[serde_json::Value],
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> Vec<&serde_json::Value> {
-    flows.iter().filter(|f| pred(f)).collect()
+/// The one flow matching a predicate (the first of several), or a panic listing them all.
+pub fn one<'a>(flows: &'a [FlowReport], pred: impl Fn(&FlowReport) -> bool, what: &str) -> &'a FlowReport {
+    flows.iter().find(|f| pred(f)).unwrap_or_else(|| panic!("no flow {what} in {flows:#?}"))
 }
 
 /// `["eniX/ingress", "eth1/egress"]` of a path.
-pub fn hops(path: &serde_json::Value) -> Vec<String> {
-    path.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|h| {
-                    format!("{}/{}", h["ifname"].as_str().unwrap_or("?"), h["hook"].as_str().unwrap_or("?"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+pub fn hops(path: &[HopReport]) -> Vec<String> {
+    path.iter().map(|h| h.name().to_string()).collect()
+}
+
+/// Traces `pod` on `node` with `-o json` (plus `extra` arguments) while `traffic` runs, stops
+/// podtrace with SIGINT and returns its flows.
+pub fn trace_pod(
+    lab: &xtask::lab::Lab,
+    node: &str,
+    pod: &str,
+    extra: &[&str],
+    traffic: impl FnOnce() -> Result<()>,
+) -> Result<Vec<FlowReport>> {
+    let pods_file = lab.pods_file();
+    let mut args = vec!["--pod", pod, "--pods-file", pods_file.to_str().unwrap(), "-o", "json"];
+    args.extend(extra);
+    let running = start_podtrace(&lab.ns(node), &args)?;
+    traffic()?;
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = running.signal(nix::sys::signal::Signal::SIGINT)?;
+    assert!(out.status.success(), "podtrace failed: {}", out.stderr);
+    Ok(out.flows())
 }
 
 /// One sample of a Prometheus text exposition.
@@ -247,15 +268,20 @@ pub struct Sample {
     pub value: f64,
 }
 
-/// Sum of the samples of metric `name` whose labels include `labels` (0 when there are none).
+/// Sum of the samples of metric `name` whose labels include `labels`; an error when there is
+/// no such sample (an absent metric is not zero).
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
-    Ok(parse_prometheus(text)?
+    let found: Vec<f64> = parse_prometheus(text)?
         .iter()
         .filter(|s| {
             s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
         })
         .map(|s| s.value)
-        .sum())
+        .collect();
+    if found.is_empty() {
+        anyhow::bail!("no sample of {name} with labels {labels:?}");
+    }
+    Ok(found.iter().sum())
 }
 
 /// Strict parser of the Prometheus / OpenMetrics text format: every line must be a comment

@@ -29,7 +29,9 @@ fn compare(lab: &Lab, svg: &std::path::Path) -> Result<Value> {
         ],
     )?;
     let alb = lab.ns("alb");
+    traffic::client_ports(&alb, 20000, 29999)?;
     let np = traffic::tcp_load(&alb, lab.addr("node-a", 30080), REQUESTS, 4, 256)?;
+    traffic::client_ports(&alb, 40000, 49999)?;
     let ip = traffic::tcp_load(&alb, lab.addr("web-2", 8080), REQUESTS, 4, 256)?;
     assert_eq!((np.failed, ip.failed), (0, 0));
     std::thread::sleep(Duration::from_millis(400));

@@ -3,14 +3,15 @@ use std::time::Duration;
 
 use anyhow::Result;
 use nix::sys::signal::Signal;
+use podtrace::assemble::model::{IngressMode, Proto};
 use serde_json::Value;
-use tests::{flows_where, lab, start_podtrace};
+use tests::{FlowReport, lab, one, start_podtrace};
 use xtask::{
     lab::{Lab, traffic},
     netns,
 };
 
-fn trace(lab: &Lab, pod: &str, traffic: impl FnOnce()) -> Result<(Vec<Value>, Value)> {
+fn trace(lab: &Lab, pod: &str, traffic: impl FnOnce()) -> Result<(Vec<FlowReport>, Value)> {
     let pods_file = lab.pods_file();
     let running = start_podtrace(
         &lab.ns("node-a"),
@@ -20,7 +21,7 @@ fn trace(lab: &Lab, pod: &str, traffic: impl FnOnce()) -> Result<(Vec<Value>, Va
     std::thread::sleep(Duration::from_millis(300));
     let out = running.signal(Signal::SIGINT)?;
     assert!(out.status.success(), "{}", out.stderr);
-    Ok((out.json(), out.summary()))
+    Ok((out.flows(), out.summary()))
 }
 
 fn in_node(lab: &Lab, args: &[&str]) -> Result<()> {
@@ -40,15 +41,15 @@ fn iptables_drop_is_reported_with_reason_and_hop() -> Result<()> {
     let (flows, summary) = trace(&lab, "web-2", || {
         assert!(traffic::tcp_request(&lab.ns("alb"), to, 10).is_err(), "the DROP rule must bite");
     })?;
-    let f = flows_where(&flows, |f| f["dst"] == to.to_string())[0];
-    let drops = f["drops"].as_array().unwrap();
-    assert_eq!(drops.len(), 1, "{f:#}");
-    assert_eq!(drops[0]["reason"], "NETFILTER_DROP");
-    assert_eq!(drops[0]["after_hop"], "eth1/ingress");
-    assert!(drops[0]["count"].as_u64().unwrap() >= 1);
-    assert!(drops[0]["location"].as_str().unwrap().contains('+'), "symbolised: {drops:?}");
-    assert_eq!(f["no_reply"], true);
-    assert!(summary["counters"]["drops"].as_u64().unwrap() >= drops[0]["count"].as_u64().unwrap());
+    let f = one(&flows, |f| f.dst == to, "to web-2");
+    let drops = &f.drops;
+    assert_eq!(drops.len(), 1, "{f:#?}");
+    assert_eq!(drops[0].reason, "NETFILTER_DROP");
+    assert_eq!(drops[0].after_hop.as_ref().unwrap().to_string(), "eth1/ingress");
+    assert!(drops[0].count >= 1);
+    assert!(drops[0].location.contains('+'), "symbolised: {drops:?}");
+    assert!(f.no_reply);
+    assert!(summary["counters"]["drops"].as_u64().unwrap() >= drops[0].count);
     Ok(())
 }
 
@@ -62,12 +63,15 @@ fn missing_route_is_a_routing_drop() -> Result<()> {
         let echoed = traffic::udp_stream(&lab.ns("web-1"), to, 5, 50, false).unwrap();
         assert_eq!(echoed, 0);
     })?;
-    let f = flows_where(&flows, |f| f["dst"] == to.to_string() && f["proto"] == "udp")[0];
-    let d = &f["drops"][0];
-    assert!(d["reason"].as_str().unwrap().contains("NOROUTES"), "{f:#}");
-    assert_eq!(d["count"], 5);
-    assert_eq!(d["after_hop"], format!("{}/ingress", lab.plan.pod("web-1").unwrap().veth));
-    assert!(f["eni"].is_null(), "it never left the node");
+    let f = one(&flows, |f| f.dst == to && f.proto == Proto::Udp, "UDP to inet");
+    let d = f.drops.first().unwrap_or_else(|| panic!("no drop: {f:#?}"));
+    assert!(d.reason.contains("NOROUTES"), "{f:#?}");
+    assert_eq!(d.count, 5);
+    assert_eq!(
+        d.after_hop.as_ref().unwrap().to_string(),
+        format!("{}/ingress", lab.plan.pod("web-1").unwrap().veth)
+    );
+    assert!(f.eni.is_none(), "it never left the node");
     Ok(())
 }
 
@@ -82,13 +86,17 @@ fn vpc_source_check_drop_shows_as_reply_left_by_eth1_never_answered() -> Result<
             let _ = traffic::tcp_request(&lab.ns("alb"), lab.addr("node-a", 30080), 10);
         }
     })?;
-    let hit = flows_where(&flows, |f| f["ingress_mode"] == "nodeport");
+    let hit: Vec<&FlowReport> =
+        flows.iter().filter(|f| f.ingress_mode == Some(IngressMode::Nodeport)).collect();
     assert!(!hit.is_empty(), "some requests must have gone to web-2: {flows:#?}");
     for f in hit {
-        assert_eq!(f["unanswered_after"], "eth1/egress", "{f:#}");
-        let reply = f["reply_path"].as_array().unwrap();
-        assert_eq!(reply.last().unwrap()["ifname"], "eth1");
-        assert_eq!(f["path"][0]["ifname"], "eth0", "the request came in by eth0");
+        assert_eq!(
+            f.unanswered_after.as_ref().map(ToString::to_string).as_deref(),
+            Some("eth1/egress"),
+            "{f:#?}"
+        );
+        assert_eq!(f.reply_path.last().unwrap().ifname, "eth1");
+        assert_eq!(f.path[0].ifname, "eth0", "the request came in by eth0");
     }
     let dropped: u64 = xtask::lab::src_dst_drops(&lab.plan)?
         .iter()
@@ -110,11 +118,11 @@ fn healthy_traffic_has_no_drop_entries() -> Result<()> {
             traffic::tcp_request(&lab.ns("web-2"), to, 1000).unwrap();
         }
     })?;
-    let udp = flows_where(&flows, |f| f["proto"] == "udp" && f["dst"] == to.to_string())[0];
-    assert!(udp["packets"].as_u64().unwrap() >= 10_000);
+    let udp = one(&flows, |f| f.proto == Proto::Udp && f.dst == to, "UDP to db");
+    assert!(udp.packets >= 10_000);
     for f in &flows {
-        assert_eq!(f["drops"], Value::Array(vec![]), "false positive: {f:#}");
-        assert_eq!(f["unanswered_after"], Value::Null);
+        assert!(f.drops.is_empty(), "false positive: {f:#?}");
+        assert!(f.unanswered_after.is_none());
     }
     assert_eq!(summary["counters"]["drops"], 0);
     Ok(())

@@ -6,10 +6,10 @@ use std::{
 };
 
 use anyhow::{Result, anyhow};
-use podtrace::{
+use podtrace::kernel::{
     addr,
     attach::{AttachMode, Tracer},
-    ebpf::LoadOptions,
+    load::LoadOptions,
     maps, netlink,
 };
 use tests::VethPair;

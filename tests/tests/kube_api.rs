@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::Result;
-use podtrace::agent::podsource::{PodCache, follow_api};
+use podtrace::node::pod_source::{PodCache, follow_api};
 
 const LIST: &str = include_str!("../fixtures/k8s/podlist.json");
 const EVENTS: &str = include_str!("../fixtures/k8s/watch-events.jsonl");
@@ -77,9 +77,9 @@ fn lists_pods_like_podtrace_pod_does() -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _in_runtime = rt.enter();
     let pods =
-        rt.block_on(podtrace::pods::list(client(port)?, None, Some(&format!("spec.nodeName={NODE}"))))?;
+        rt.block_on(podtrace::node::pods::list(client(port)?, None, Some(&format!("spec.nodeName={NODE}"))))?;
     assert_eq!(pods.len(), 2);
-    let p = podtrace::pods::find(&pods, "web-6d4cf56db6-p8q7r", Some("default"))?;
+    let p = podtrace::node::pods::find(&pods, "web-6d4cf56db6-p8q7r", Some("default"))?;
     assert_eq!(p.ips, vec!["198.18.2.11".parse::<std::net::IpAddr>()?]);
     assert_eq!(p.node.as_deref(), Some(NODE));
     assert_eq!(p.labels.get("app").map(String::as_str), Some("web"));

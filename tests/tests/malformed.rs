@@ -5,9 +5,9 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use podtrace::{
+use podtrace::kernel::{
     attach::{AttachMode, Tracer},
-    ebpf::LoadOptions,
+    load::LoadOptions,
     maps,
 };
 use tests::packets::*;

@@ -1,39 +1,26 @@
 //! `podtrace --pod NAME` on the lab: every case of the brief's "Paths" table, checked on the
-//! JSON output (issue: core tracer). Each test has its own lab.
-use std::time::Duration;
+//! JSON contract (issue: core tracer). Each test has its own lab.
+use std::net::{IpAddr, SocketAddr};
 
 use anyhow::Result;
-use nix::sys::signal::Signal;
-use serde_json::Value;
-use tests::{flows_where, hops, lab, run_podtrace, start_podtrace};
+use podtrace::assemble::model::{Direction, IngressMode, NatKind, Proto};
+use tests::{FlowReport, hops, lab, one, run_podtrace, trace_pod};
 use xtask::lab::{EniNames, Etp, Lab, LabConfig, traffic};
 
-/// Traces `pod` from `node` while `traffic` runs, stops podtrace with SIGINT, returns flows.
-fn trace(lab: &Lab, node: &str, pod: &str, traffic: impl FnOnce() -> Result<()>) -> Result<Vec<Value>> {
-    let pods_file = lab.pods_file();
-    let running = start_podtrace(
-        &lab.ns(node),
-        &["--pod", pod, "--pods-file", pods_file.to_str().unwrap(), "-o", "json"],
-    )?;
-    traffic()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = running.signal(Signal::SIGINT)?;
-    assert!(out.status.success(), "podtrace failed: {}", out.stderr);
-    Ok(out.json())
-}
-
-fn one<'a>(flows: &'a [Value], pred: impl Fn(&Value) -> bool, what: &str) -> &'a Value {
-    let found = flows_where(flows, pred);
-    assert!(!found.is_empty(), "no flow {what} in {flows:#?}");
-    found[0]
+fn trace(lab: &Lab, node: &str, pod: &str, traffic: impl FnOnce() -> Result<()>) -> Result<Vec<FlowReport>> {
+    trace_pod(lab, node, pod, &[], traffic)
 }
 
 fn veth(lab: &Lab, pod: &str) -> String {
     lab.plan.pod(pod).unwrap().veth.clone()
 }
 
-fn ip(lab: &Lab, member: &str) -> String {
-    lab.plan.ip_of(member).unwrap().to_string()
+fn ip(lab: &Lab, member: &str) -> IpAddr {
+    lab.plan.ip_of(member).unwrap()
+}
+
+fn at(lab: &Lab, member: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip(lab, member), port)
 }
 
 #[test]
@@ -42,13 +29,13 @@ fn pod_on_eth1_to_vpc_host_leaves_by_eth1_without_nat() -> Result<()> {
     let to = lab.addr("db", 8080);
     let flows =
         trace(&lab, "node-a", "web-2", || traffic::tcp_request(&lab.ns("web-2"), to, 10).map(|_| ()))?;
-    let f = one(&flows, |f| f["dst"] == to.to_string(), "to db");
-    assert_eq!(f["direction"], "egress");
-    assert_eq!(hops(&f["path"]), [format!("{}/ingress", veth(&lab, "web-2")), "eth1/egress".into()]);
-    assert_eq!(f["eni"], "eth1");
-    assert_eq!(f["pod_ip_owner_eni"], "eth1");
-    assert!(f["snat"].is_null() && f["dnat"].is_null());
-    assert_eq!(f["path"][1]["src"].as_str().unwrap().split(':').next(), Some(ip(&lab, "web-2").as_str()));
+    let f = one(&flows, |f| f.dst == to, "to db");
+    assert_eq!(f.direction, Direction::Egress);
+    assert_eq!(hops(&f.path), [format!("{}/ingress", veth(&lab, "web-2")), "eth1/egress".into()]);
+    assert_eq!(f.eni.as_deref(), Some("eth1"));
+    assert_eq!(f.pod_ip_owner_eni.as_deref(), Some("eth1"));
+    assert!(f.snat.is_none() && f.dnat.is_none());
+    assert_eq!(f.path[1].src.ip(), ip(&lab, "web-2"));
     Ok(())
 }
 
@@ -56,18 +43,18 @@ fn pod_to_internet_is_snated_by_eth0(cfg: impl FnOnce(&mut LabConfig), pod: &str
     let lab = lab("inet", cfg)?;
     let to = lab.addr("inet", 80);
     let flows = trace(&lab, "node-a", pod, || traffic::tcp_request(&lab.ns(pod), to, 10).map(|_| ()))?;
-    let f = one(&flows, |f| f["dst"] == to.to_string(), "to inet");
+    let f = one(&flows, |f| f.dst == to, "to inet");
     let eth0 = &lab.plan.node("node-a").unwrap().enis[0];
-    assert_eq!(f["eni"], eth0.name.as_str());
-    assert_eq!(f["pod_ip_owner_eni"], owner);
-    let snat = &f["snat"];
-    assert_eq!(snat["to"].as_str().unwrap().split(':').next(), Some(eth0.ip.to_string().as_str()), "{f:#}");
-    assert_eq!(snat["from"].as_str().unwrap().split(':').next(), Some(ip(&lab, pod).as_str()));
-    assert_eq!(snat["kind"], "pod-egress-snat");
-    assert_eq!(snat["after_hop"], format!("{}/ingress", veth(&lab, pod)));
-    assert_eq!(snat["before_hop"], format!("{}/egress", eth0.name));
+    assert_eq!(f.eni.as_deref(), Some(eth0.name.as_str()));
+    assert_eq!(f.pod_ip_owner_eni.as_deref(), Some(owner));
+    let snat = f.snat.as_ref().unwrap_or_else(|| panic!("no SNAT: {f:#?}"));
+    assert_eq!(snat.to.ip(), IpAddr::V4(eth0.ip), "{f:#?}");
+    assert_eq!(snat.from.ip(), ip(&lab, pod));
+    assert_eq!(snat.kind, NatKind::PodEgressSnat);
+    assert_eq!(snat.after_hop.as_ref().unwrap().to_string(), format!("{}/ingress", veth(&lab, pod)));
+    assert_eq!(snat.before_hop.as_ref().unwrap().to_string(), format!("{}/egress", eth0.name));
     assert_eq!(
-        hops(&f["reply_path"]),
+        hops(&f.reply_path),
         [format!("{}/ingress", eth0.name), format!("{}/egress", veth(&lab, pod))]
     );
     Ok(())
@@ -104,20 +91,22 @@ fn nodeport_with_cluster_policy_is_dnated_and_masqueraded() -> Result<()> {
     let lab = lab("npc", |_| {})?;
     let flows = trace(&lab, "node-a", "web-2", || nodeport_until_local(&lab))?;
     let node_ip = ip(&lab, "node-a");
-    let f = one(&flows, |f| f["direction"] == "ingress" && f["ingress_mode"] == "nodeport", "via NodePort");
-    let dnat = &f["dnat"];
-    assert_eq!(dnat["from"], format!("{node_ip}:30080"));
-    assert_eq!(dnat["to"], format!("{}:8080", ip(&lab, "web-2")));
-    assert_eq!(f["snat"]["kind"], "masquerade", "{f:#}");
-    assert_eq!(f["snat"]["to"].as_str().unwrap().split(':').next(), Some(node_ip.as_str()));
-    assert_eq!(f["client_ip_preserved"], false);
-    assert_eq!(f["eni"], "eth0");
-    assert_eq!(hops(&f["path"]), ["eth0/ingress".to_string(), format!("{}/egress", veth(&lab, "web-2"))]);
-    // The 0x80 connmark sends the reply back through eth0, not the pod's own ENI.
-    assert_eq!(
-        hops(&f["reply_path"]),
-        [format!("{}/ingress", veth(&lab, "web-2")), "eth0/egress".to_string()]
+    let f = one(
+        &flows,
+        |f| f.direction == Direction::Ingress && f.ingress_mode == Some(IngressMode::Nodeport),
+        "via NodePort",
     );
+    let dnat = f.dnat.as_ref().unwrap();
+    assert_eq!(dnat.from, SocketAddr::new(node_ip, 30080));
+    assert_eq!(dnat.to, at(&lab, "web-2", 8080));
+    let snat = f.snat.as_ref().unwrap_or_else(|| panic!("no MASQUERADE: {f:#?}"));
+    assert_eq!(snat.kind, NatKind::Masquerade, "{f:#?}");
+    assert_eq!(snat.to.ip(), node_ip);
+    assert_eq!(f.client_ip_preserved, Some(false));
+    assert_eq!(f.eni.as_deref(), Some("eth0"));
+    assert_eq!(hops(&f.path), ["eth0/ingress".to_string(), format!("{}/egress", veth(&lab, "web-2"))]);
+    // The 0x80 connmark sends the reply back through eth0, not the pod's own ENI.
+    assert_eq!(hops(&f.reply_path), [format!("{}/ingress", veth(&lab, "web-2")), "eth0/egress".to_string()]);
     Ok(())
 }
 
@@ -125,11 +114,11 @@ fn nodeport_with_cluster_policy_is_dnated_and_masqueraded() -> Result<()> {
 fn nodeport_with_local_policy_keeps_the_client_ip() -> Result<()> {
     let lab = lab("npl", |c| c.etp = Etp::Local)?;
     let flows = trace(&lab, "node-a", "web-2", || nodeport_until_local(&lab))?;
-    let f = one(&flows, |f| f["ingress_mode"] == "nodeport", "via NodePort");
-    assert_eq!(f["dnat"]["to"], format!("{}:8080", ip(&lab, "web-2")));
-    assert!(f["snat"].is_null(), "no MASQUERADE with Local: {f:#}");
-    assert_eq!(f["client_ip_preserved"], true);
-    assert_eq!(f["src"].as_str().unwrap().split(':').next(), Some(ip(&lab, "alb").as_str()));
+    let f = one(&flows, |f| f.ingress_mode == Some(IngressMode::Nodeport), "via NodePort");
+    assert_eq!(f.dnat.as_ref().unwrap().to, at(&lab, "web-2", 8080));
+    assert!(f.snat.is_none(), "no MASQUERADE with Local: {f:#?}");
+    assert_eq!(f.client_ip_preserved, Some(true));
+    assert_eq!(f.src.ip(), ip(&lab, "alb"));
     Ok(())
 }
 
@@ -138,17 +127,14 @@ fn alb_to_pod_ip_arrives_on_the_owning_eni_without_nat() -> Result<()> {
     let lab = lab("direct", |_| {})?;
     let to = lab.addr("web-2", 8080);
     let flows = trace(&lab, "node-a", "web-2", || traffic::tcp_request(&lab.ns("alb"), to, 10).map(|_| ()))?;
-    let f = one(&flows, |f| f["direction"] == "ingress", "from alb");
-    assert_eq!(f["ingress_mode"], "direct");
-    assert_eq!(f["eni"], "eth1");
-    assert_eq!(hops(&f["path"]), ["eth1/ingress".to_string(), format!("{}/egress", veth(&lab, "web-2"))]);
-    assert_eq!(
-        hops(&f["reply_path"]),
-        [format!("{}/ingress", veth(&lab, "web-2")), "eth1/egress".to_string()]
-    );
-    assert!(f["snat"].is_null() && f["dnat"].is_null());
-    assert_eq!(f["nat_steps"], 0);
-    assert_eq!(f["client_ip_preserved"], true);
+    let f = one(&flows, |f| f.direction == Direction::Ingress, "from alb");
+    assert_eq!(f.ingress_mode, Some(IngressMode::Direct));
+    assert_eq!(f.eni.as_deref(), Some("eth1"));
+    assert_eq!(hops(&f.path), ["eth1/ingress".to_string(), format!("{}/egress", veth(&lab, "web-2"))]);
+    assert_eq!(hops(&f.reply_path), [format!("{}/ingress", veth(&lab, "web-2")), "eth1/egress".to_string()]);
+    assert!(f.snat.is_none() && f.dnat.is_none());
+    assert_eq!(f.nat_steps, 0);
+    assert_eq!(f.client_ip_preserved, Some(true));
     Ok(())
 }
 
@@ -161,13 +147,14 @@ fn pod_to_cluster_ip_with_remote_endpoint_is_dnated_and_leaves_by_its_eni() -> R
         assert_eq!(r.server, "api-1");
         Ok(())
     })?;
-    let f = one(&flows, |f| f["dst"] == svc.to_string(), "to the api ClusterIP");
-    assert_eq!(f["dnat"]["from"], svc.to_string());
-    assert_eq!(f["dnat"]["to"], format!("{}:8080", ip(&lab, "api-1")));
-    assert_eq!(f["dnat"]["kind"], "service-dnat");
-    assert!(f["dnat"]["chain"].as_str().unwrap().starts_with("KUBE-SEP-"), "{f:#}");
-    assert_eq!(f["eni"], "eth1");
-    assert!(f["snat"].is_null());
+    let f = one(&flows, |f| f.dst == svc, "to the api ClusterIP");
+    let dnat = f.dnat.as_ref().unwrap();
+    assert_eq!(dnat.from, svc);
+    assert_eq!(dnat.to, at(&lab, "api-1", 8080));
+    assert_eq!(dnat.kind, NatKind::ServiceDnat);
+    assert!(dnat.chain.as_deref().unwrap().starts_with("KUBE-SEP-"), "{f:#?}");
+    assert_eq!(f.eni.as_deref(), Some("eth1"));
+    assert!(f.snat.is_none());
     Ok(())
 }
 
@@ -180,16 +167,15 @@ fn per_hop_latency_has_samples_for_a_long_flow() -> Result<()> {
         assert!(echoed >= 290);
         Ok(())
     })?;
-    let f = one(&flows, |f| f["proto"] == "udp" && f["dst"] == to.to_string(), "UDP to db");
-    assert!(f["packets"].as_u64().unwrap() >= 500, "{f:#}");
-    let lat = f["hop_latency_us"].as_array().unwrap();
-    let out = lat
-        .iter()
-        .find(|l| l["from"] == format!("{}/ingress", veth(&lab, "web-2")) && l["to"] == "eth1/egress");
-    let out = out.unwrap_or_else(|| panic!("no latency for the outbound hop: {lat:#?}"));
-    assert!(out["samples"].as_u64().unwrap() > 1);
-    assert!(out["p50"].as_f64().unwrap() > 0.0);
-    assert!(out["p99"].as_f64().unwrap() >= out["p50"].as_f64().unwrap());
+    let f = one(&flows, |f| f.proto == Proto::Udp && f.dst == to, "UDP to db");
+    assert!(f.packets >= 500, "{f:#?}");
+    let from = format!("{}/ingress", veth(&lab, "web-2"));
+    let out =
+        f.hop_latency_us.iter().find(|l| l.from.to_string() == from && l.to.to_string() == "eth1/egress");
+    let out = out.unwrap_or_else(|| panic!("no latency for the outbound hop: {:#?}", f.hop_latency_us));
+    assert!(out.samples > 1);
+    assert!(out.p50 > 0.0);
+    assert!(out.p99 >= out.p50);
     Ok(())
 }
 
@@ -215,16 +201,13 @@ fn unknown_pods_and_pods_on_other_nodes_are_one_line_errors() -> Result<()> {
 fn ipv6_pod_to_vpc_host_shows_its_path() -> Result<()> {
     let lab = lab("v6", |c| c.ipv6 = true)?;
     let db6 = lab.plan.host("db").unwrap().ipv6.unwrap();
-    let to = std::net::SocketAddr::new(db6.into(), 8080);
+    let to = SocketAddr::new(db6.into(), 8080);
     let flows =
         trace(&lab, "node-a", "web-1", || traffic::tcp_request(&lab.ns("web-1"), to, 10).map(|_| ()))?;
-    let f = one(&flows, |f| f["dst"] == to.to_string(), "IPv6 to db");
-    assert_eq!(f["pod_ip"], lab.plan.pod("web-1").unwrap().ipv6.unwrap().to_string());
-    assert_eq!(hops(&f["path"]), [format!("{}/ingress", veth(&lab, "web-1")), "eth0/egress".to_string()]);
-    assert_eq!(
-        hops(&f["reply_path"]),
-        ["eth0/ingress".to_string(), format!("{}/egress", veth(&lab, "web-1"))]
-    );
-    assert_eq!(f["eni"], "eth0");
+    let f = one(&flows, |f| f.dst == to, "IPv6 to db");
+    assert_eq!(f.pod_ip, IpAddr::V6(lab.plan.pod("web-1").unwrap().ipv6.unwrap()));
+    assert_eq!(hops(&f.path), [format!("{}/ingress", veth(&lab, "web-1")), "eth0/egress".to_string()]);
+    assert_eq!(hops(&f.reply_path), ["eth0/ingress".to_string(), format!("{}/egress", veth(&lab, "web-1"))]);
+    assert_eq!(f.eni.as_deref(), Some("eth0"));
     Ok(())
 }

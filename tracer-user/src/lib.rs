@@ -1,24 +1,8 @@
-//! podtrace as a library: the CLI in main.rs is a thin layer over these modules.
-pub mod addr;
-pub mod agent;
-pub mod attach;
-pub mod batch;
-pub mod btf;
-pub mod compare;
-pub mod conntrack;
-pub mod drops;
-pub mod ebpf;
-pub mod flows;
-pub mod hops;
-pub mod inventory;
-pub mod leftovers;
-pub mod maps;
-pub mod nat;
-pub mod netlink;
+//! podtrace as a library, in layers: `kernel` (programs, maps) → `node` (what the node's
+//! state says) → `assemble` (flows from both) → `report` (the JSON contract, tables, charts)
+//! → `cmd` (the commands). The CLI in main.rs is a thin layer over `cmd`.
+pub mod assemble;
+pub mod cmd;
+pub mod kernel;
 pub mod node;
-pub mod output;
-pub mod pods;
-pub mod preflight;
-pub mod session;
-pub mod svg;
-pub mod trace;
+pub mod report;

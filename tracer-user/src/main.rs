@@ -2,7 +2,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use podtrace::trace::{self, TraceArgs};
+use podtrace::cmd::{
+    self,
+    trace::{self, TraceArgs},
+};
 
 /// Shows, for every flow of a Kubernetes pod, the path its packets take through this node:
 /// pod veth -> which ENI -> out, and where SNAT/DNAT rewrote them.
@@ -26,11 +29,11 @@ enum Cmd {
     /// Trace the flows of pods on this node (the default command).
     Trace(TraceArgs),
     /// The node's ENIs, the pod IPs each carries, IP capacity and routing health checks.
-    Node(podtrace::node::NodeArgs),
+    Node(cmd::node::NodeArgs),
     /// NodePort (target-type instance) vs pod IP (target-type ip), measured side by side.
-    Compare(podtrace::compare::CompareArgs),
+    Compare(cmd::compare::CompareArgs),
     /// The node agent (DaemonSet): traces every pod and ENI, serves flows and metrics.
-    Agent(podtrace::agent::AgentArgs),
+    Agent(cmd::agent::AgentArgs),
     /// Exit 0 if the agent at SOCKET answers /healthz (for liveness probes).
     Healthz {
         #[arg(long, default_value = "/run/podtrace/agent.sock")]
@@ -89,11 +92,11 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.cmd {
             Some(Cmd::Trace(args)) => trace::run(args).await,
-            Some(Cmd::Node(args)) => podtrace::node::run(args).await,
-            Some(Cmd::Agent(args)) => podtrace::agent::run(args).await,
-            Some(Cmd::Compare(args)) => podtrace::compare::run(args).await,
+            Some(Cmd::Node(args)) => cmd::node::run(args).await,
+            Some(Cmd::Agent(args)) => cmd::agent::run(args).await,
+            Some(Cmd::Compare(args)) => cmd::compare::run(args).await,
             Some(Cmd::Healthz { socket }) => {
-                podtrace::agent::client::get(&socket, "/healthz").map(|body| print!("{body}"))
+                cmd::agent::client::get(&socket, "/healthz").map(|body| print!("{body}"))
             }
             None => trace::run(cli.trace).await,
         }

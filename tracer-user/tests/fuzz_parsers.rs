@@ -1,7 +1,11 @@
 //! Property-based fuzzing of every parser that reads input podtrace does not control: pods
 //! files, ctnetlink messages, the agent's query strings, BTF, iptables-save output. None may
 //! panic; well-formed input must parse to what was encoded. Case counts are in TESTING.md.
-use podtrace::{agent::api::parse_flow_query, btf::Btf, conntrack, nat::NatRules, pods};
+use podtrace::{
+    cmd::agent::api::parse_flow_query,
+    kernel::btf::Btf,
+    node::{conntrack, pods, rules::NatRules},
+};
 use proptest::prelude::*;
 
 const CASES: u32 = 4096;

@@ -45,7 +45,9 @@ fn drive(lab: &Lab, bin: &PathBuf, out_dir: &std::path::Path, requests: u32) -> 
     }
     std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| eprintln!("{l}")));
     let alb = lab.ns("alb");
+    traffic::client_ports(&alb, 20000, 29999)?;
     let instance = traffic::tcp_load(&alb, lab.addr("node-a", 30080), requests, 8, 512)?;
+    traffic::client_ports(&alb, 40000, 49999)?;
     let ip = traffic::tcp_load(&alb, lab.addr("web-2", 8080), requests, 8, 512)?;
     for (name, s) in [("instance (node-a:30080)", &instance), ("ip (web-2 pod IP)", &ip)] {
         let mut l = s.latencies_us.clone();

@@ -103,7 +103,8 @@ fn test(extra: &[String]) -> Result<()> {
     }
     // The e2e tests run the podtrace binary: build it first.
     cargo(&["build", "--bins"])?;
-    let mut args = vec!["test"];
+    // Every test binary runs even when one fails: one run shows every failure.
+    let mut args = vec!["test", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)
 }

@@ -12,7 +12,10 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::programs::{LinkOrder, SchedClassifier, TcAttach, TcAttachType};
 use clap::Parser;
-use podtrace::{ebpf, netlink};
+use podtrace::{
+    kernel::{load, netlink},
+    node::links,
+};
 use tests::{bpf, packets::*};
 use tracer_common::names;
 use xtask::{
@@ -153,7 +156,7 @@ impl Bench {
             Config::Empty => {
                 let ifaces = self.ifaces.clone();
                 let e = netns::run_in(&node, move || {
-                    let mut e = ebpf::load(&ebpf::LoadOptions::default())?;
+                    let mut e = load::load(&load::LoadOptions::default())?;
                     let p: &mut SchedClassifier =
                         e.program_mut(names::PROG_TC_NOOP).context("noop")?.try_into()?;
                     p.load()?;
@@ -548,9 +551,9 @@ fn agent_figures(b: &Bench) -> Result<AgentFigures> {
     let start = Instant::now();
     netns::ip_batch(&b.ns("node-a"), &lines)?;
     // Every link of the lab's node is an ENI or a veth: all of them must end up attached.
-    let expected = netns::run_in(&b.ns("node-a"), || {
-        Ok(netlink::route::links()?.iter().filter(|l| l.name != "lo").count())
-    })? as f64;
+    let expected =
+        netns::run_in(&b.ns("node-a"), || Ok(links::links()?.iter().filter(|l| l.name != "lo").count()))?
+            as f64;
     let attach_200_ms = loop {
         let (_, text) = tests::agent_get(&sock, "GET", "/metrics")?;
         let attached = metric(&text, "podtrace_attached_interfaces", None);

@@ -146,3 +146,12 @@ pub fn tcp_load(ns: &str, to: SocketAddr, count: u32, concurrency: u32, payload:
     st.elapsed_ms = start.elapsed().as_millis() as u64;
     Ok(st)
 }
+
+/// Restricts the client ports a lab member uses. Two loads from one client to the same pod —
+/// one DNATed through a NodePort, one straight to the pod IP — would otherwise reuse a source
+/// port while conntrack still holds the other connection (TIME_WAIT) with the same
+/// post-NAT tuple; the kernel then remaps the new connection's port (a real rewrite, but
+/// not the one a comparison measures).
+pub fn client_ports(ns: &str, first: u16, last: u16) -> Result<()> {
+    netns::sysctls(ns, &[("net.ipv4.ip_local_port_range".into(), format!("{first} {last}"))])
+}

@@ -1,0 +1,10 @@
+//! From kernel observations and node facts to complete flows: the session pipeline, hop
+//! events, union-find over tuples, NAT naming, drops.
+pub mod context;
+pub mod drops;
+pub mod flows;
+pub mod hops;
+pub mod model;
+pub mod nat;
+pub mod session;
+pub mod union_find;

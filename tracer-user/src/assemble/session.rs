@@ -1,0 +1,397 @@
+//! One tracing session, the pipeline every command shares: load the programs (with offsets
+//! from the kernel's BTF), remove leftovers, attach, drain hop events, follow conntrack, poll
+//! the kernel maps and assemble complete flows. `trace`, `compare` and `agent` differ only in
+//! what they attach to and what they do with the flows.
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, HopEvent, Tuple};
+
+use super::{
+    context::{Clock, NodeContext, TracedPod},
+    drops::DropNames,
+    flows::{self, Observations},
+    hops::{HopPair, HopTable},
+    model::Flow,
+};
+use crate::{
+    kernel::{
+        addr,
+        attach::{AttachMode, Tracer},
+        btf::{self, Btf},
+        load::{LoadOptions, SampleRate},
+        maps::{self, Counters},
+        preflight,
+    },
+    node::conntrack::{self, CtEntry},
+};
+
+/// Hop pairs kept in memory (stalest dropped first, counted in `hop_events_evicted`).
+const MAX_HOP_PAIRS: usize = 100_000;
+/// Conntrack entries are kept this long after they were last seen (flows outlive them).
+const CT_RETENTION: Duration = Duration::from_secs(600);
+/// Full conntrack dumps this often; NEW/UPDATE events fill the gaps in between.
+const CT_DUMP_EVERY: Duration = Duration::from_secs(5);
+/// Conntrack entries kept at most (oldest dropped first, counted in `conntrack_evicted`).
+const MAX_CONNTRACK: usize = 131_072;
+
+/// How a session loads and filters.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    pub sample_rate: SampleRate,
+    /// Capacity of the kernel flow table.
+    pub max_flows: u32,
+    pub attach_mode: AttachMode,
+    /// Track only packets to or from these addresses (traced pods and node addresses);
+    /// `None` tracks everything (the agent).
+    pub filter: Option<Vec<IpAddr>>,
+}
+
+/// Losses that happen in user space, reported next to the kernel counters.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct UserCounters {
+    pub hop_events_evicted: u64,
+    pub conntrack_evicted: u64,
+    pub conntrack_dump_errors: u64,
+}
+
+/// Everything read in one poll.
+pub struct Snapshot {
+    pub entries: Vec<(FlowKey, FlowStats)>,
+    pub counters: Counters,
+    pub conntrack: Vec<CtEntry>,
+    pub drops: Vec<(DropKey, DropStats)>,
+    pub retransmits: Vec<(Tuple, u64)>,
+}
+
+pub struct Session {
+    tracer: Tracer,
+    ring: RingBuf<MapData>,
+    hops: HopTable,
+    conntrack: HashMap<Tuple, (CtEntry, Instant)>,
+    ct_rx: mpsc::Receiver<Vec<CtEntry>>,
+    ct_stop: Arc<AtomicBool>,
+    ct_thread: Option<JoinHandle<()>>,
+    last_ct_dump: Option<Instant>,
+    /// Addresses whose conntrack entries are kept (None = all).
+    interesting: Option<HashSet<[u8; 16]>>,
+    pub user: UserCounters,
+    /// Names for drop reasons and locations (read while still privileged).
+    names: DropNames,
+    pub clock: Clock,
+}
+
+impl Session {
+    /// Loads the programs, removes leftovers of killed runs from `ifaces`, attaches to every
+    /// one of them (the first failure is the error; nothing stays attached) and starts
+    /// following conntrack.
+    pub fn start(opts: &SessionOptions, ifaces: &[(u32, String)]) -> Result<Session> {
+        let mut session = Session::load(opts)?;
+        crate::kernel::leftovers::clean(ifaces);
+        if let Some((_, e)) = session.attach(ifaces).into_iter().next() {
+            return Err(e);
+        }
+        Ok(session)
+    }
+
+    /// Loads the programs without attaching them anywhere yet.
+    pub fn load(opts: &SessionOptions) -> Result<Session> {
+        // The parsed BTF is large: only what is taken from it is kept.
+        let (layout, names) = {
+            let btf = Btf::from_file(&preflight::check_btf()?)?;
+            (btf::kernel_layout(&btf, btf::own_netns_inum())?, DropNames::load(&btf))
+        };
+        let load = LoadOptions {
+            sample_rate: opts.sample_rate,
+            filter: opts.filter.is_some(),
+            max_flows: opts.max_flows,
+            layout: Some(layout),
+        };
+        let mut tracer = Tracer::load(&load, opts.attach_mode)?;
+        if let Some(filter) = &opts.filter {
+            maps::set_addr_filter(&mut tracer.ebpf, filter)?;
+        }
+        let interesting = opts.filter.as_ref().map(|f| f.iter().map(|ip| addr::to_key(*ip)).collect());
+        let ring = maps::take_hops(&mut tracer.ebpf)?;
+        let (tx, ct_rx) = mpsc::channel();
+        let ct_stop = Arc::new(AtomicBool::new(false));
+        let stop = ct_stop.clone();
+        // Conntrack events: connections that live shorter than one poll interval are still
+        // seen. Not fatal when unavailable (dumps still work).
+        let ct_thread = match conntrack::Events::subscribe() {
+            Ok(events) => Some(std::thread::spawn(move || {
+                let _ = events.set_timeout(Duration::from_millis(200));
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(batch) = events.next()
+                        && !batch.is_empty()
+                        && tx.send(batch).is_err()
+                    {
+                        return;
+                    }
+                }
+            })),
+            Err(e) => {
+                log::warn!("conntrack events unavailable ({e:#}); using periodic dumps only");
+                None
+            }
+        };
+        Ok(Session {
+            tracer,
+            ring,
+            hops: HopTable::new(MAX_HOP_PAIRS),
+            conntrack: HashMap::new(),
+            ct_rx,
+            ct_stop,
+            ct_thread,
+            last_ct_dump: None,
+            interesting,
+            user: UserCounters::default(),
+            names,
+            clock: Clock::now(),
+        })
+    }
+
+    /// Attaches to the interfaces not attached yet; returns the failures by interface name.
+    pub fn attach(&mut self, ifaces: &[(u32, String)]) -> Vec<(String, anyhow::Error)> {
+        let todo: Vec<(u32, String)> =
+            ifaces.iter().filter(|(i, _)| !self.tracer.is_attached(*i)).cloned().collect();
+        self.tracer.attach_many(&todo)
+    }
+
+    /// Detaches from one interface; false if it was not attached.
+    pub fn detach(&mut self, ifindex: u32) -> bool {
+        let was = self.tracer.is_attached(ifindex);
+        if let Err(e) = self.tracer.detach(ifindex) {
+            log::warn!("{e:#}");
+        }
+        was
+    }
+
+    pub fn attached(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.tracer.attached()
+    }
+
+    pub fn attached_names(&self) -> Vec<String> {
+        self.attached().map(|(_, n)| n.to_string()).collect()
+    }
+
+    pub fn attach_mode(&self) -> AttachMode {
+        self.tracer.mode
+    }
+
+    /// Detaches from interfaces that disappeared; returns their names.
+    pub fn prune_vanished(&mut self) -> Vec<String> {
+        let gone: Vec<(u32, String)> = self
+            .attached()
+            .filter(|(i, _)| !crate::kernel::netlink::link_exists(*i))
+            .map(|(i, n)| (i, n.to_string()))
+            .collect();
+        for (i, _) in &gone {
+            self.detach(*i);
+        }
+        gone.into_iter().map(|(_, n)| n).collect()
+    }
+
+    /// The wake-ups of a session's loop: signals, hop events, and a tick when given.
+    pub fn events(&self, tick: Option<Duration>) -> Result<Events> {
+        use std::os::fd::AsRawFd;
+        use tokio::signal::unix::{SignalKind, signal};
+        let fd = RingFd(self.ring.as_raw_fd());
+        // SAFETY: the fd belongs to `self.ring`, which stays open for the session's lifetime;
+        // callers keep `Events` shorter-lived than the session (it lives in their loop).
+        let ring =
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                .map_err(|e| anyhow::anyhow!("watching the hop ring buffer: {}", e.into_parts().1))?;
+        Ok(Events {
+            ring,
+            sigint: signal(SignalKind::interrupt())?,
+            sigterm: signal(SignalKind::terminate())?,
+            tick: tick.map(tokio::time::interval),
+        })
+    }
+
+    /// Moves every pending hop event from the ring buffer into memory.
+    pub fn drain_hops(&mut self) {
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<HopEvent>() {
+                // SAFETY: the kernel wrote a HopEvent (repr(C), plain data) at this address;
+                // read_unaligned copes with the ring buffer's 8-byte alignment.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopEvent>()) };
+                self.hops.add(&ev);
+            }
+        }
+        self.user.hop_events_evicted = self.hops.evicted;
+    }
+
+    fn keep(&self, c: &CtEntry) -> bool {
+        match &self.interesting {
+            None => true,
+            Some(set) => [c.orig.src, c.orig.dst, c.reply.src, c.reply.dst].iter().any(|a| set.contains(a)),
+        }
+    }
+
+    /// Merges conntrack events, and now and then a full dump, into the conntrack view.
+    fn refresh_conntrack(&mut self) {
+        let now = Instant::now();
+        let mut fresh: Vec<CtEntry> = self.ct_rx.try_iter().flatten().collect();
+        // Without an event subscription every refresh is a full dump.
+        let due = self.ct_thread.is_none()
+            || self.last_ct_dump.is_none_or(|t| now.duration_since(t) >= CT_DUMP_EVERY);
+        if due {
+            self.last_ct_dump = Some(now);
+            match conntrack::dump() {
+                Ok(d) => fresh.extend(d),
+                Err(e) => {
+                    self.user.conntrack_dump_errors += 1;
+                    log::debug!("conntrack dump: {e:#}");
+                }
+            }
+        }
+        for c in fresh {
+            if self.keep(&c) {
+                self.conntrack.insert(c.orig, (c, now));
+            }
+        }
+        self.conntrack.retain(|_, (_, seen)| now.duration_since(*seen) < CT_RETENTION);
+        if self.conntrack.len() > MAX_CONNTRACK {
+            let mut by_age: Vec<(Instant, Tuple)> =
+                self.conntrack.iter().map(|(k, (_, t))| (*t, *k)).collect();
+            by_age.sort();
+            let excess = self.conntrack.len() - MAX_CONNTRACK;
+            for (_, k) in by_age.into_iter().take(excess) {
+                self.conntrack.remove(&k);
+            }
+            self.user.conntrack_evicted += excess as u64;
+        }
+    }
+
+    /// Reads the flow table and counters, drains hop events, refreshes conntrack.
+    pub fn poll(&mut self) -> Result<Snapshot> {
+        self.drain_hops();
+        self.refresh_conntrack();
+        let ebpf = &self.tracer.ebpf;
+        Ok(Snapshot {
+            entries: maps::read_flows(ebpf)?,
+            counters: maps::read_counters(ebpf)?,
+            conntrack: self.conntrack.values().map(|(c, _)| *c).collect(),
+            drops: maps::read_drops(ebpf)?,
+            retransmits: maps::read_retransmits(ebpf)?,
+        })
+    }
+
+    fn observations<'a>(&'a self, snap: &'a Snapshot) -> Observations<'a> {
+        Observations {
+            entries: &snap.entries,
+            hops: &self.hops,
+            conntrack: &snap.conntrack,
+            drops: &snap.drops,
+            retransmits: &snap.retransmits,
+        }
+    }
+
+    /// The complete flows of a snapshot, sorted by pod and first packet.
+    pub fn flows(&self, snap: &Snapshot, ctx: &NodeContext, pods: &[TracedPod]) -> Vec<Flow> {
+        flows::assemble(&self.observations(snap), ctx, &self.names, pods, self.clock)
+    }
+
+    /// Hands each flow of a snapshot to `sink` as it is built (see [`flows::assemble_each`]);
+    /// returns the connection number of each of the snapshot's entries.
+    pub fn each_flow(
+        &self,
+        snap: &Snapshot,
+        ctx: &NodeContext,
+        pods: &[TracedPod],
+        sink: impl FnMut(Flow, u32),
+    ) -> Vec<u32> {
+        flows::assemble_each(&self.observations(snap), ctx, &self.names, pods, self.clock, sink)
+    }
+
+    /// Forgets flows: deletes their kernel entries and the hop pairs that only concern them.
+    pub fn delete_flows(&mut self, keys: &[FlowKey]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        maps::delete_flows(&self.tracer.ebpf, keys).context("deleting expired flows")?;
+        let deleted: HashSet<Tuple> = keys.iter().map(|k| k.tuple).collect();
+        self.hops.retain(|h: &HopPair| !deleted.contains(&h.from.tuple) && !deleted.contains(&h.to.tuple));
+        Ok(())
+    }
+
+    /// Capacity of the kernel flow table.
+    pub fn flow_table_capacity(&self) -> u32 {
+        maps::flow_table_capacity(&self.tracer.ebpf)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ct_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ct_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The hop-event ring buffer's descriptor (owned by the session), for `AsyncFd`.
+pub struct RingFd(std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+/// Why a session's loop woke up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wake {
+    /// SIGINT or SIGTERM: finish up.
+    Stop,
+    /// Hop events are waiting: call [`Session::drain_hops`].
+    Hops,
+    Tick,
+}
+
+/// Signals, hop-event readiness (epoll, not a timer) and an optional tick.
+pub struct Events {
+    ring: tokio::io::unix::AsyncFd<RingFd>,
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    tick: Option<tokio::time::Interval>,
+}
+
+impl Events {
+    pub async fn next(&mut self) -> Wake {
+        let Events { ring, sigint, sigterm, tick } = self;
+        let tick = async {
+            match tick {
+                Some(t) => {
+                    t.tick().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = sigint.recv() => Wake::Stop,
+            _ = sigterm.recv() => Wake::Stop,
+            ready = ring.readable() => {
+                // Cleared before the caller drains: events arriving after the drain wake us again.
+                if let Ok(mut guard) = ready {
+                    guard.clear_ready();
+                }
+                Wake::Hops
+            }
+            _ = tick => Wake::Tick,
+        }
+    }
+}

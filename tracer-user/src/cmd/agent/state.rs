@@ -1,0 +1,136 @@
+//! What the agent keeps between polls and serves: per-pod totals (never per-flow records),
+//! counters, and the facts `/metrics` and `/healthz` report.
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{Arc, RwLock},
+};
+
+use crate::{
+    assemble::{
+        model::{Flow, IngressMode, NatKind},
+        session::UserCounters,
+    },
+    kernel::maps::Counters,
+};
+
+/// (pod, namespace)
+pub type PodKey = (Arc<str>, Arc<str>);
+/// (pod, namespace, eni)
+pub type PodEni = (Arc<str>, Arc<str>, Arc<str>);
+
+/// What the metrics need of one flow. Built per poll and folded into [`LiveTotals`] at once;
+/// full flows are built on request (`GET /flows`) from the last snapshot.
+pub struct FlowSummary {
+    pub pod: PodKey,
+    /// ENI the flow left or entered by ("none" when it stayed in the node).
+    pub eni: Arc<str>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen_ms: u64,
+    pub nat: Vec<NatKind>,
+    pub ingress_mode: Option<IngressMode>,
+    /// (drop reason, packets)
+    pub drops: Vec<(Arc<str>, u64)>,
+}
+
+/// Shares the few distinct strings (pod names, ENIs, drop reasons) between summaries.
+#[derive(Default)]
+pub struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    pub fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(a.clone());
+        a
+    }
+}
+
+impl FlowSummary {
+    pub fn of(f: &Flow, i: &mut Interner) -> FlowSummary {
+        FlowSummary {
+            pod: (i.get(&f.pod), i.get(&f.namespace)),
+            eni: i.get(f.eni.as_deref().unwrap_or("none")),
+            packets: f.packets,
+            bytes: f.bytes,
+            last_seen_ms: f.last_seen_ms,
+            nat: [&f.snat, &f.dnat].into_iter().flatten().map(|n| n.kind).collect(),
+            ingress_mode: f.ingress_mode,
+            drops: f.drops.iter().map(|d| (i.get(&d.reason), d.count)).collect(),
+        }
+    }
+}
+
+/// The live flows as `/metrics` reports them: per pod, never per flow.
+#[derive(Default)]
+pub struct LiveTotals {
+    /// Flows tracked.
+    pub flows: BTreeMap<PodKey, u64>,
+    /// Packets and bytes by ENI.
+    pub traffic: BTreeMap<PodEni, (u64, u64)>,
+    /// Flows by NAT kind.
+    pub nat: BTreeMap<(PodKey, NatKind), u64>,
+    /// Ingress flows by mode.
+    pub ingress_modes: BTreeMap<(PodKey, IngressMode), u64>,
+    /// Dropped packets by reason.
+    pub drops: BTreeMap<(PodKey, Arc<str>), u64>,
+}
+
+impl LiveTotals {
+    pub fn add(&mut self, f: &FlowSummary) {
+        *self.flows.entry(f.pod.clone()).or_default() += 1;
+        let t = self.traffic.entry((f.pod.0.clone(), f.pod.1.clone(), f.eni.clone())).or_default();
+        t.0 += f.packets;
+        t.1 += f.bytes;
+        for kind in &f.nat {
+            *self.nat.entry((f.pod.clone(), *kind)).or_default() += 1;
+        }
+        if let Some(m) = f.ingress_mode {
+            *self.ingress_modes.entry((f.pod.clone(), m)).or_default() += 1;
+        }
+        for (reason, n) in &f.drops {
+            *self.drops.entry((f.pod.clone(), reason.clone())).or_default() += n;
+        }
+    }
+}
+
+/// What the API serves besides `/flows`.
+#[derive(Default)]
+pub struct State {
+    pub live: LiveTotals,
+    pub counters: Counters,
+    pub user: UserCounters,
+    /// Packets and bytes of expired flows, per (pod, namespace, eni).
+    pub expired_totals: BTreeMap<PodEni, (u64, u64)>,
+    pub polls: u64,
+    pub flows_expired: u64,
+    pub flows_evicted: u64,
+    pub attach_errors: u64,
+    pub links_attached: u64,
+    pub links_detached: u64,
+    pub table_fill: (usize, u32),
+    pub attached: Vec<String>,
+    /// How long the last poll took, and the interval it sets (stretched when polls are long).
+    pub poll_seconds: f64,
+    pub poll_interval_seconds: f64,
+}
+
+impl State {
+    pub fn agent_counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("polls", self.polls),
+            ("flows_expired", self.flows_expired),
+            ("flows_evicted", self.flows_evicted),
+            ("attach_errors", self.attach_errors),
+            ("links_attached", self.links_attached),
+            ("links_detached", self.links_detached),
+            ("hop_events_evicted", self.user.hop_events_evicted),
+            ("conntrack_evicted", self.user.conntrack_evicted),
+            ("conntrack_dump_errors", self.user.conntrack_dump_errors),
+        ]
+    }
+}
+
+pub type Shared = Arc<RwLock<State>>;

@@ -1,0 +1,8 @@
+//! The commands: each one resolves what to trace, runs a session and reports.
+pub mod agent;
+pub mod compare;
+pub mod node;
+pub mod options;
+pub mod targets;
+pub mod trace;
+pub mod via_agent;

@@ -1,0 +1,56 @@
+//! Durations as every command's flags take them, parsed and bounded once.
+use std::time::Duration;
+
+/// Longest duration any flag accepts: beyond it, deadlines stop being meaningful (and
+/// `Instant + Duration` could overflow).
+pub const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses `30s`, `2m`, `500ms`, `1h` (or plain seconds). Zero and negative values are refused.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration_or_zero(s)?;
+    if d.is_zero() {
+        return Err(format!("invalid duration {s:?}: must be greater than zero, like 30s"));
+    }
+    Ok(d)
+}
+
+/// As [`parse_duration`], zero allowed (meaning "off").
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: use a positive number with a unit, like 500ms, 30s, 2m");
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(bad());
+    }
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if secs > MAX_DURATION.as_secs_f64() {
+        return Err(format!("invalid duration {s:?}: at most one year (366d)"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("-1").unwrap_err().contains("invalid duration \"-1\""));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10parsecs").is_err());
+        assert_eq!(parse_duration_or_zero("0").unwrap(), Duration::ZERO);
+        assert!(parse_duration("99999999999999999999s").unwrap_err().contains("at most one year"));
+    }
+}

@@ -1,0 +1,54 @@
+//! The final summary: every kernel counter (losses included) and user-space losses.
+use serde::Serialize;
+use tracer_common::counter;
+
+use super::table::Style;
+use crate::{assemble::session::UserCounters, kernel::maps::Counters};
+
+#[derive(Serialize)]
+pub struct Summary {
+    pub flows: usize,
+    pub interfaces: Vec<String>,
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
+    pub user: UserCounters,
+    /// Interfaces that disappeared while tracing.
+    pub vanished: Vec<String>,
+}
+
+impl Summary {
+    pub fn new(
+        flows: usize,
+        interfaces: Vec<String>,
+        counters: &Counters,
+        user: UserCounters,
+        vanished: Vec<String>,
+    ) -> Summary {
+        let counters = counter::NAMES.iter().zip(counters.iter()).map(|(n, v)| (*n, *v)).collect();
+        Summary { flows, interfaces, counters, user, vanished }
+    }
+
+    pub fn text(&self, style: Style) -> String {
+        let losses = ["flow_map_full", "ringbuf_full", "samples_dropped", "drop_map_full"];
+        let mut s = format!("{} flows on {}\n", self.flows, self.interfaces.join(", "));
+        let parts: Vec<String> = self
+            .counters
+            .iter()
+            .map(|(k, v)| {
+                let t = format!("{k}={v}");
+                if losses.contains(k) && *v > 0 { style.bad(&t) } else { t }
+            })
+            .collect();
+        s += &format!("counters: {}\n", parts.join(" "));
+        s += &format!(
+            "user: hop_events_evicted={} conntrack_dump_errors={}",
+            self.user.hop_events_evicted, self.user.conntrack_dump_errors
+        );
+        if !self.vanished.is_empty() {
+            s += &format!(
+                "\n{}",
+                style.bad(&format!("interfaces gone while tracing: {}", self.vanished.join(", ")))
+            );
+        }
+        s
+    }
+}
