@@ -3,7 +3,7 @@ use std::{net::SocketAddr, os::unix::process::CommandExt, process::Command};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Subcommand, ValueEnum};
-use xtask::lab::{self, EniNames, Etp, LabConfig, Plan, Saved, plan::NODE_PORT, traffic};
+use xtask::lab::{self, EniNames, Etp, LabConfig, Plan, Saved, Variant, plan::NODE_PORT, traffic};
 
 #[derive(Subcommand)]
 pub enum LabCmd {
@@ -20,6 +20,10 @@ pub enum LabCmd {
         /// Also give web-1 and db IPv6 addresses (2001:2::/48).
         #[arg(long)]
         ipv6: bool,
+        /// Datapath variants, comma-separated: sgp-strict | sgp-standard (Security Groups for
+        /// Pods: trunk ENI, pod sgp-1 on a branch ENI).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        variant: Vec<Variant>,
     },
     /// Remove every namespace, link and rule of the lab (also after a half-failed `up`).
     Down {
@@ -91,8 +95,9 @@ pub enum Proto {
 
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up { prefix, etp, eni_names, ipv6 } => {
-            let cfg = LabConfig { prefix, etp, eni_names, ipv6, ..LabConfig::default() };
+        LabCmd::Up { prefix, etp, eni_names, ipv6, variant } => {
+            let variants = lab::variant::normalize(&variant);
+            let cfg = LabConfig { prefix, etp, eni_names, ipv6, variants, ..LabConfig::default() };
             up(&cfg)
         }
         LabCmd::Down { prefix } => {
@@ -142,8 +147,12 @@ pub fn run(cmd: LabCmd) -> Result<()> {
 
 fn up(cfg: &LabConfig) -> Result<()> {
     if let Ok(st) = lab::status(&cfg.prefix) {
-        let same = Saved::load(&cfg.prefix)
-            .is_ok_and(|s| s.etp == cfg.etp && s.eni_names == cfg.eni_names && s.ipv6 == cfg.ipv6);
+        let same = Saved::load(&cfg.prefix).is_ok_and(|s| {
+            s.etp == cfg.etp
+                && s.eni_names == cfg.eni_names
+                && s.ipv6 == cfg.ipv6
+                && s.variants == cfg.variants
+        });
         if st.up && same && server_alive(&cfg.prefix) {
             println!("lab {:?} is already up", cfg.prefix);
             return Ok(());
@@ -230,6 +239,19 @@ fn print_status(st: &lab::Status) {
             for p in st.plan.pods_on(&n.name).filter(|p| p.eni == e.name) {
                 println!("      pod {:<6} {:<15} veth {}", p.name, p.ip, p.veth);
             }
+        }
+    }
+    if let Some(s) = &st.plan.sgp {
+        println!("  security groups for pods ({:?} mode) on {}:", s.mode, s.node);
+        println!(
+            "    trunk {} {} {} {} table {}",
+            s.trunk.name, s.trunk.eni_id, s.trunk.mac, s.trunk.ip, s.trunk.table
+        );
+        for b in &s.branches {
+            println!(
+                "      branch {} vlan {} {} {} -> {} (on {}) table {}, pod {} veth {}",
+                b.eni_id, b.vlan_id, b.mac, b.ip, b.vlan_link, b.parent, b.table, b.pod, b.veth
+            );
         }
     }
     for h in &st.plan.hosts {

@@ -5,7 +5,9 @@ pub mod plan;
 pub mod podlist;
 pub mod render;
 pub mod servers;
+pub mod sgp;
 pub mod traffic;
+pub mod variant;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -16,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 pub use plan::{EniNames, Etp, LabConfig, Plan};
+pub use variant::Variant;
 
 use crate::netns;
 
@@ -37,6 +40,8 @@ pub struct Saved {
     /// Namespaces added after `up` (e.g. by tests creating pods); removed by `down`.
     #[serde(default)]
     pub extra_netns: Vec<String>,
+    #[serde(default)]
+    pub variants: Vec<Variant>,
 }
 
 impl Saved {
@@ -47,6 +52,7 @@ impl Saved {
             eni_names: self.eni_names,
             vpc: self.vpc,
             ipv6: self.ipv6,
+            variants: self.variants.clone(),
         }
     }
 
@@ -125,7 +131,14 @@ impl Lab {
     /// `device` (e.g. device 0, host 50 on node-a: 198.18.1.50 on eth0).
     pub fn add_pod(&self, name: &str, node: &str, device: u8, host: u8) -> Result<ExtraPod> {
         let n = self.plan.node(node).with_context(|| format!("no node {node}"))?;
-        let eni = n.enis.get(device as usize).with_context(|| format!("{node} has no ENI {device}"))?;
+        let eni = n
+            .enis
+            .iter()
+            .find(|e| e.device == device)
+            .with_context(|| format!("{node} has no ENI {device}"))?;
+        if self.plan.is_trunk(node, &eni.name) {
+            bail!("ENI {device} of {node} is the trunk ENI: ipamd never gives its IPs to pods");
+        }
         let o = eni.ip.octets();
         let pod = plan::Pod {
             name: name.into(),
@@ -196,6 +209,7 @@ impl Drop for Lab {
 /// Creates every namespace, link, address, route, rule and iptables rule of the plan.
 /// On failure, everything created so far is removed again.
 pub fn build(cfg: &LabConfig) -> Result<Plan> {
+    variant::validate(&cfg.variants)?;
     let plan = Plan::new(cfg);
     down(&cfg.prefix)?;
     let saved = Saved {
@@ -205,6 +219,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
         vpc: cfg.vpc,
         ipv6: cfg.ipv6,
         extra_netns: Vec::new(),
+        variants: cfg.variants.clone(),
     };
     saved.store()?;
     let result = (|| -> Result<()> {
@@ -227,6 +242,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
                 netns::iptables_restore(&c.netns, rules, true)?;
             }
         }
+        sgp::apply_link_sysctls(&plan)?;
         let pods = podlist::render(&plan);
         std::fs::write(state_dir(&cfg.prefix).join("pods.json"), serde_json::to_string_pretty(&pods)?)?;
         Ok(())
@@ -251,14 +267,21 @@ pub fn start_servers(plan: &Plan) -> Result<servers::Servers> {
 /// Removes everything a lab with this prefix created, also after a half-failed `up`.
 pub fn down(prefix: &str) -> Result<()> {
     let dir = state_dir(prefix);
-    let extra = Saved::load(prefix).map(|s| s.extra_netns).unwrap_or_default();
+    let saved = Saved::load(prefix).ok();
+    let extra = saved.as_ref().map(|s| s.extra_netns.clone()).unwrap_or_default();
     if let Some(pid) =
         std::fs::read_to_string(dir.join("serve.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok())
     {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
     }
-    // Namespace names do not depend on the other options.
-    let plan = Plan::new(&LabConfig { prefix: prefix.to_string(), ..LabConfig::default() });
+    // Namespace names depend on the variants only (which add pods); without a state file,
+    // remove those of every variant.
+    let cfg = saved.map(|s| s.config()).unwrap_or_else(|| LabConfig {
+        prefix: prefix.to_string(),
+        variants: vec![Variant::SgpStrict],
+        ..LabConfig::default()
+    });
+    let plan = Plan::new(&cfg);
     let mut errors = Vec::new();
     for ns in plan.namespaces().into_iter().chain(extra) {
         if let Err(e) = netns::del(&ns) {
