@@ -21,7 +21,8 @@ pub enum LabCmd {
         #[arg(long)]
         ipv6: bool,
         /// Datapath variants, comma-separated: sgp-strict | sgp-standard (Security Groups for
-        /// Pods: trunk ENI, pod sgp-1 on a branch ENI).
+        /// Pods: trunk ENI, pod sgp-1 on a branch ENI), npa (network policy agent stand-in:
+        /// tc filters dropping TCP to port 9090 on every pod veth).
         #[arg(long, value_enum, value_delimiter = ',')]
         variant: Vec<Variant>,
     },
@@ -251,6 +252,21 @@ fn print_status(st: &lab::Status) {
             println!(
                 "      branch {} vlan {} {} {} -> {} (on {}) table {}, pod {} veth {}",
                 b.eni_id, b.vlan_id, b.mac, b.ip, b.vlan_link, b.parent, b.table, b.pod, b.veth
+            );
+        }
+    }
+    if !st.npa_filters.is_empty() {
+        println!("  network policy stand-in (drops TCP to port {}):", lab::npa::DENIED_PORT);
+        for f in &st.npa_filters {
+            println!(
+                "    {} {:<15} tc {:<7} prio {} handle {:#x} {} id {}",
+                f.node,
+                f.dev,
+                f.hook,
+                f.prio,
+                f.handle,
+                f.name,
+                f.prog_id.map(|i| i.to_string()).unwrap_or_else(|| "?".into())
             );
         }
     }

@@ -1,6 +1,7 @@
 //! The built-in EKS-node lab: a VPC router, two nodes with two ENIs each, pods, an ALB client,
 //! a VPC host and an internet host, all in network namespaces named `<prefix><member>`.
 //! Nothing outside those namespaces is touched.
+pub mod npa;
 pub mod plan;
 pub mod podlist;
 pub mod render;
@@ -171,6 +172,9 @@ impl Lab {
         let check =
             ["-t", "raw", "-I", "VPC-SRC-DST-CHECK", "-i", &extra.vpc_link, "-s", &ip, "-j", "RETURN"];
         netns::run("ip", &[&["netns", "exec", &extra.vpc_netns, "iptables"][..], &check[..]].concat())?;
+        if self.plan.has(Variant::Npa) {
+            npa::attach(&extra.node_netns, &extra.pod.veth)?;
+        }
         Ok(extra)
     }
 }
@@ -243,6 +247,9 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
             }
         }
         sgp::apply_link_sysctls(&plan)?;
+        if plan.has(Variant::Npa) {
+            npa::attach_all(&plan)?;
+        }
         let pods = podlist::render(&plan);
         std::fs::write(state_dir(&cfg.prefix).join("pods.json"), serde_json::to_string_pretty(&pods)?)?;
         Ok(())
@@ -278,7 +285,7 @@ pub fn down(prefix: &str) -> Result<()> {
     // remove those of every variant.
     let cfg = saved.map(|s| s.config()).unwrap_or_else(|| LabConfig {
         prefix: prefix.to_string(),
-        variants: vec![Variant::SgpStrict],
+        variants: vec![Variant::SgpStrict, Variant::Npa],
         ..LabConfig::default()
     });
     let plan = Plan::new(&cfg);
@@ -306,6 +313,9 @@ pub struct Status {
     pub plan: Plan,
     /// Packets dropped by the VPC source/destination check, per VPC-side ENI link.
     pub src_dst_check_drops: Vec<(String, u64)>,
+    /// The network policy stand-in's tc filters on the pod veths (`--variant npa`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub npa_filters: Vec<npa::Filter>,
 }
 
 pub fn status(prefix: &str) -> Result<Status> {
@@ -321,7 +331,16 @@ pub fn status(prefix: &str) -> Result<Status> {
         .collect();
     let up = namespaces.iter().all(|(_, e)| *e);
     let src_dst_check_drops = if up { src_dst_drops(&plan)? } else { Vec::new() };
-    Ok(Status { prefix: prefix.into(), up, etp: saved.etp, namespaces, plan, src_dst_check_drops })
+    let npa_filters = if up && plan.has(Variant::Npa) { npa::all_filters(&plan)? } else { Vec::new() };
+    Ok(Status {
+        prefix: prefix.into(),
+        up,
+        etp: saved.etp,
+        namespaces,
+        plan,
+        src_dst_check_drops,
+        npa_filters,
+    })
 }
 
 /// Reads the DROP counters of the VPC source/destination check chain.

@@ -136,8 +136,9 @@ pub struct Service {
     pub etp: Etp,
 }
 
-/// Ports every lab server (pods, db, inet) answers on, TCP and UDP.
-pub const SERVER_PORTS: [u16; 2] = [80, 8080];
+/// Ports every lab server (pods, db, inet) answers on, TCP and UDP. 9090 is the port the
+/// network policy stand-in denies (`npa::DENIED_PORT`): without `--variant npa` it answers.
+pub const SERVER_PORTS: [u16; 3] = [80, 8080, 9090];
 pub const NODE_PORT: u16 = 30080;
 
 #[derive(Clone, Debug, Serialize)]

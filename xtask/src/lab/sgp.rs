@@ -386,7 +386,7 @@ mod tests {
 
     #[test]
     fn no_variant_no_trunk() {
-        let p = plan(&[]);
+        let p = plan(&[Variant::Npa]);
         assert!(p.sgp.is_none());
         assert!(p.pod(SGP_POD).is_none());
         assert_eq!(p.node("node-a").unwrap().enis.len(), 2);

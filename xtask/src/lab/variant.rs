@@ -16,6 +16,9 @@ pub enum Variant {
     /// Security Groups for Pods, POD_SECURITY_GROUP_ENFORCING_MODE=standard: the same trunk and
     /// branch, but an `eni…` host veth and rules 512/1536 pointing at the branch table.
     SgpStandard,
+    /// A stand-in for aws-network-policy-agent: `handle_ingress`/`handle_egress` cls_bpf filters
+    /// (prio 1, handle 0x1, direct-action) on every pod host veth.
+    Npa,
 }
 
 /// How branch-ENI pods are wired (the VPC CNI's POD_SECURITY_GROUP_ENFORCING_MODE).
@@ -75,21 +78,24 @@ mod tests {
 
     #[test]
     fn strict_and_standard_are_refused_together() {
-        let err = validate(&[Variant::SgpStrict, Variant::SgpStandard]).unwrap_err();
+        let err = validate(&[Variant::SgpStrict, Variant::Npa, Variant::SgpStandard]).unwrap_err();
         assert!(err.to_string().contains("cannot be combined"), "{err}");
-        validate(&[Variant::SgpStrict]).unwrap();
+        validate(&[Variant::SgpStrict, Variant::Npa]).unwrap();
         validate(&[Variant::SgpStandard]).unwrap();
         validate(&[]).unwrap();
     }
 
     #[test]
     fn names_and_modes() {
-        let v: Vec<Variant> = serde_json::from_str(r#"["sgp-strict"]"#).unwrap();
-        assert_eq!(v, vec![Variant::SgpStrict]);
+        let v: Vec<Variant> = serde_json::from_str(r#"["sgp-strict","npa"]"#).unwrap();
+        assert_eq!(v, vec![Variant::SgpStrict, Variant::Npa]);
         assert_eq!(sgp_mode(&v), Some(SgpMode::Strict));
         assert_eq!(sgp_mode(&[Variant::SgpStandard]), Some(SgpMode::Standard));
-        assert_eq!(sgp_mode(&[]), None);
-        assert_eq!(normalize(&[Variant::SgpStrict, Variant::SgpStrict]), vec![Variant::SgpStrict]);
+        assert_eq!(sgp_mode(&[Variant::Npa]), None);
+        assert_eq!(
+            normalize(&[Variant::Npa, Variant::SgpStrict, Variant::Npa]),
+            vec![Variant::SgpStrict, Variant::Npa]
+        );
         use clap::ValueEnum;
         assert_eq!(Variant::from_str("sgp-standard", false).unwrap(), Variant::SgpStandard);
     }
