@@ -162,7 +162,7 @@ fn up(cfg: &LabConfig) -> Result<()> {
     let plan = lab::build(cfg)?;
     // The echo servers live in a detached daemon (this same binary) until `lab down`.
     let exe = std::env::current_exe()?;
-    let child = unsafe {
+    let mut child = unsafe {
         Command::new(exe)
             .args(["lab", "serve", "--prefix", &cfg.prefix])
             .stdin(std::process::Stdio::null())
@@ -176,6 +176,21 @@ fn up(cfg: &LabConfig) -> Result<()> {
             .context("starting the lab echo servers")?
     };
     std::fs::write(lab::state_dir(&cfg.prefix).join("serve.pid"), child.id().to_string())?;
+    // Return once every server listens, so that traffic right after `up` finds them.
+    let ready = lab::state_dir(&cfg.prefix).join("serve.ready");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ready.exists() {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the lab echo servers exited ({status}); see `cargo xtask lab serve --prefix {}`",
+                cfg.prefix
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the lab echo servers did not start within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     print_status(&lab::status(&plan.prefix)?);
     Ok(())
 }
@@ -190,6 +205,7 @@ fn server_alive(prefix: &str) -> bool {
 fn serve(prefix: &str) -> Result<()> {
     let plan = Plan::new(&Saved::load(prefix)?.config());
     let _servers = lab::start_servers(&plan)?;
+    std::fs::write(lab::state_dir(prefix).join("serve.ready"), "")?;
     // Park until SIGTERM (default action ends the process; sockets close with it).
     loop {
         std::thread::park();
