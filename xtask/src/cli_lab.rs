@@ -3,7 +3,7 @@ use std::{net::SocketAddr, os::unix::process::CommandExt, process::Command};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Subcommand, ValueEnum};
-use xtask::lab::{self, EniNames, Etp, LabConfig, Plan, Saved, plan::NODE_PORT, traffic};
+use xtask::lab::{self, EniNames, Etp, LabConfig, Plan, Saved, Variant, plan::NODE_PORT, traffic};
 
 #[derive(Subcommand)]
 pub enum LabCmd {
@@ -20,6 +20,11 @@ pub enum LabCmd {
         /// Also give web-1 and db IPv6 addresses (2001:2::/48).
         #[arg(long)]
         ipv6: bool,
+        /// Datapath variants, comma-separated: sgp-strict | sgp-standard (Security Groups for
+        /// Pods: trunk ENI, pod sgp-1 on a branch ENI), npa (network policy agent stand-in:
+        /// tc filters dropping TCP to port 9090 on every pod veth).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        variant: Vec<Variant>,
     },
     /// Remove every namespace, link and rule of the lab (also after a half-failed `up`).
     Down {
@@ -91,8 +96,9 @@ pub enum Proto {
 
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up { prefix, etp, eni_names, ipv6 } => {
-            let cfg = LabConfig { prefix, etp, eni_names, ipv6, ..LabConfig::default() };
+        LabCmd::Up { prefix, etp, eni_names, ipv6, variant } => {
+            let variants = lab::variant::normalize(&variant);
+            let cfg = LabConfig { prefix, etp, eni_names, ipv6, variants, ..LabConfig::default() };
             up(&cfg)
         }
         LabCmd::Down { prefix } => {
@@ -142,8 +148,12 @@ pub fn run(cmd: LabCmd) -> Result<()> {
 
 fn up(cfg: &LabConfig) -> Result<()> {
     if let Ok(st) = lab::status(&cfg.prefix) {
-        let same = Saved::load(&cfg.prefix)
-            .is_ok_and(|s| s.etp == cfg.etp && s.eni_names == cfg.eni_names && s.ipv6 == cfg.ipv6);
+        let same = Saved::load(&cfg.prefix).is_ok_and(|s| {
+            s.etp == cfg.etp
+                && s.eni_names == cfg.eni_names
+                && s.ipv6 == cfg.ipv6
+                && s.variants == cfg.variants
+        });
         if st.up && same && server_alive(&cfg.prefix) {
             println!("lab {:?} is already up", cfg.prefix);
             return Ok(());
@@ -152,7 +162,7 @@ fn up(cfg: &LabConfig) -> Result<()> {
     let plan = lab::build(cfg)?;
     // The echo servers live in a detached daemon (this same binary) until `lab down`.
     let exe = std::env::current_exe()?;
-    let child = unsafe {
+    let mut child = unsafe {
         Command::new(exe)
             .args(["lab", "serve", "--prefix", &cfg.prefix])
             .stdin(std::process::Stdio::null())
@@ -166,6 +176,21 @@ fn up(cfg: &LabConfig) -> Result<()> {
             .context("starting the lab echo servers")?
     };
     std::fs::write(lab::state_dir(&cfg.prefix).join("serve.pid"), child.id().to_string())?;
+    // Return once every server listens, so that traffic right after `up` finds them.
+    let ready = lab::state_dir(&cfg.prefix).join("serve.ready");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ready.exists() {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "the lab echo servers exited ({status}); see `cargo xtask lab serve --prefix {}`",
+                cfg.prefix
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("the lab echo servers did not start within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     print_status(&lab::status(&plan.prefix)?);
     Ok(())
 }
@@ -180,6 +205,7 @@ fn server_alive(prefix: &str) -> bool {
 fn serve(prefix: &str) -> Result<()> {
     let plan = Plan::new(&Saved::load(prefix)?.config());
     let _servers = lab::start_servers(&plan)?;
+    std::fs::write(lab::state_dir(prefix).join("serve.ready"), "")?;
     // Park until SIGTERM (default action ends the process; sockets close with it).
     loop {
         std::thread::park();
@@ -230,6 +256,34 @@ fn print_status(st: &lab::Status) {
             for p in st.plan.pods_on(&n.name).filter(|p| p.eni == e.name) {
                 println!("      pod {:<6} {:<15} veth {}", p.name, p.ip, p.veth);
             }
+        }
+    }
+    if let Some(s) = &st.plan.sgp {
+        println!("  security groups for pods ({:?} mode) on {}:", s.mode, s.node);
+        println!(
+            "    trunk {} {} {} {} table {}",
+            s.trunk.name, s.trunk.eni_id, s.trunk.mac, s.trunk.ip, s.trunk.table
+        );
+        for b in &s.branches {
+            println!(
+                "      branch {} vlan {} {} {} -> {} (on {}) table {}, pod {} veth {}",
+                b.eni_id, b.vlan_id, b.mac, b.ip, b.vlan_link, b.parent, b.table, b.pod, b.veth
+            );
+        }
+    }
+    if !st.npa_filters.is_empty() {
+        println!("  network policy stand-in (drops TCP to port {}):", lab::npa::DENIED_PORT);
+        for f in &st.npa_filters {
+            println!(
+                "    {} {:<15} tc {:<7} prio {} handle {:#x} {} id {}",
+                f.node,
+                f.dev,
+                f.hook,
+                f.prio,
+                f.handle,
+                f.name,
+                f.prog_id.map(|i| i.to_string()).unwrap_or_else(|| "?".into())
+            );
         }
     }
     for h in &st.plan.hosts {

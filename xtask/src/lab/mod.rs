@@ -1,11 +1,14 @@
 //! The built-in EKS-node lab: a VPC router, two nodes with two ENIs each, pods, an ALB client,
 //! a VPC host and an internet host, all in network namespaces named `<prefix><member>`.
 //! Nothing outside those namespaces is touched.
+pub mod npa;
 pub mod plan;
 pub mod podlist;
 pub mod render;
 pub mod servers;
+pub mod sgp;
 pub mod traffic;
+pub mod variant;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -16,6 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 pub use plan::{EniNames, Etp, LabConfig, Plan};
+pub use variant::Variant;
 
 use crate::netns;
 
@@ -37,6 +41,8 @@ pub struct Saved {
     /// Namespaces added after `up` (e.g. by tests creating pods); removed by `down`.
     #[serde(default)]
     pub extra_netns: Vec<String>,
+    #[serde(default)]
+    pub variants: Vec<Variant>,
 }
 
 impl Saved {
@@ -47,6 +53,7 @@ impl Saved {
             eni_names: self.eni_names,
             vpc: self.vpc,
             ipv6: self.ipv6,
+            variants: self.variants.clone(),
         }
     }
 
@@ -125,7 +132,14 @@ impl Lab {
     /// `device` (e.g. device 0, host 50 on node-a: 198.18.1.50 on eth0).
     pub fn add_pod(&self, name: &str, node: &str, device: u8, host: u8) -> Result<ExtraPod> {
         let n = self.plan.node(node).with_context(|| format!("no node {node}"))?;
-        let eni = n.enis.get(device as usize).with_context(|| format!("{node} has no ENI {device}"))?;
+        let eni = n
+            .enis
+            .iter()
+            .find(|e| e.device == device)
+            .with_context(|| format!("{node} has no ENI {device}"))?;
+        if self.plan.is_trunk(node, &eni.name) {
+            bail!("ENI {device} of {node} is the trunk ENI: ipamd never gives its IPs to pods");
+        }
         let o = eni.ip.octets();
         let pod = plan::Pod {
             name: name.into(),
@@ -158,6 +172,9 @@ impl Lab {
         let check =
             ["-t", "raw", "-I", "VPC-SRC-DST-CHECK", "-i", &extra.vpc_link, "-s", &ip, "-j", "RETURN"];
         netns::run("ip", &[&["netns", "exec", &extra.vpc_netns, "iptables"][..], &check[..]].concat())?;
+        if self.plan.has(Variant::Npa) {
+            npa::attach(&extra.node_netns, &extra.pod.veth)?;
+        }
         Ok(extra)
     }
 }
@@ -196,6 +213,7 @@ impl Drop for Lab {
 /// Creates every namespace, link, address, route, rule and iptables rule of the plan.
 /// On failure, everything created so far is removed again.
 pub fn build(cfg: &LabConfig) -> Result<Plan> {
+    variant::validate(&cfg.variants)?;
     let plan = Plan::new(cfg);
     down(&cfg.prefix)?;
     let saved = Saved {
@@ -205,6 +223,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
         vpc: cfg.vpc,
         ipv6: cfg.ipv6,
         extra_netns: Vec::new(),
+        variants: cfg.variants.clone(),
     };
     saved.store()?;
     let result = (|| -> Result<()> {
@@ -226,6 +245,10 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
             if let Some(rules) = &c.ip6tables {
                 netns::iptables_restore(&c.netns, rules, true)?;
             }
+        }
+        sgp::apply_link_sysctls(&plan)?;
+        if plan.has(Variant::Npa) {
+            npa::attach_all(&plan)?;
         }
         let pods = podlist::render(&plan);
         std::fs::write(state_dir(&cfg.prefix).join("pods.json"), serde_json::to_string_pretty(&pods)?)?;
@@ -251,14 +274,21 @@ pub fn start_servers(plan: &Plan) -> Result<servers::Servers> {
 /// Removes everything a lab with this prefix created, also after a half-failed `up`.
 pub fn down(prefix: &str) -> Result<()> {
     let dir = state_dir(prefix);
-    let extra = Saved::load(prefix).map(|s| s.extra_netns).unwrap_or_default();
+    let saved = Saved::load(prefix).ok();
+    let extra = saved.as_ref().map(|s| s.extra_netns.clone()).unwrap_or_default();
     if let Some(pid) =
         std::fs::read_to_string(dir.join("serve.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok())
     {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
     }
-    // Namespace names do not depend on the other options.
-    let plan = Plan::new(&LabConfig { prefix: prefix.to_string(), ..LabConfig::default() });
+    // Namespace names depend on the variants only (which add pods); without a state file,
+    // remove those of every variant.
+    let cfg = saved.map(|s| s.config()).unwrap_or_else(|| LabConfig {
+        prefix: prefix.to_string(),
+        variants: vec![Variant::SgpStrict, Variant::Npa],
+        ..LabConfig::default()
+    });
+    let plan = Plan::new(&cfg);
     let mut errors = Vec::new();
     for ns in plan.namespaces().into_iter().chain(extra) {
         if let Err(e) = netns::del(&ns) {
@@ -283,6 +313,9 @@ pub struct Status {
     pub plan: Plan,
     /// Packets dropped by the VPC source/destination check, per VPC-side ENI link.
     pub src_dst_check_drops: Vec<(String, u64)>,
+    /// The network policy stand-in's tc filters on the pod veths (`--variant npa`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub npa_filters: Vec<npa::Filter>,
 }
 
 pub fn status(prefix: &str) -> Result<Status> {
@@ -298,7 +331,16 @@ pub fn status(prefix: &str) -> Result<Status> {
         .collect();
     let up = namespaces.iter().all(|(_, e)| *e);
     let src_dst_check_drops = if up { src_dst_drops(&plan)? } else { Vec::new() };
-    Ok(Status { prefix: prefix.into(), up, etp: saved.etp, namespaces, plan, src_dst_check_drops })
+    let npa_filters = if up && plan.has(Variant::Npa) { npa::all_filters(&plan)? } else { Vec::new() };
+    Ok(Status {
+        prefix: prefix.into(),
+        up,
+        etp: saved.etp,
+        namespaces,
+        plan,
+        src_dst_check_drops,
+        npa_filters,
+    })
 }
 
 /// Reads the DROP counters of the VPC source/destination check chain.

@@ -31,6 +31,8 @@ pub struct LabConfig {
     pub vpc: [u8; 2],
     /// Also give web-1 and the db host IPv6 addresses.
     pub ipv6: bool,
+    /// Datapath variants (SGP, network policy agent, ...), see `variant.rs`.
+    pub variants: Vec<super::variant::Variant>,
 }
 
 impl Default for LabConfig {
@@ -41,6 +43,7 @@ impl Default for LabConfig {
             eni_names: EniNames::Eth,
             vpc: [198, 18],
             ipv6: false,
+            variants: Vec::new(),
         }
     }
 }
@@ -133,8 +136,9 @@ pub struct Service {
     pub etp: Etp,
 }
 
-/// Ports every lab server (pods, db, inet) answers on, TCP and UDP.
-pub const SERVER_PORTS: [u16; 2] = [80, 8080];
+/// Ports every lab server (pods, db, inet) answers on, TCP and UDP. 9090 is the port the
+/// network policy stand-in denies (`npa::DENIED_PORT`): without `--variant npa` it answers.
+pub const SERVER_PORTS: [u16; 3] = [80, 8080, 9090];
 pub const NODE_PORT: u16 = 30080;
 
 #[derive(Clone, Debug, Serialize)]
@@ -148,6 +152,10 @@ pub struct Plan {
     pub pods: Vec<Pod>,
     pub hosts: Vec<Host>,
     pub services: Vec<Service>,
+    pub variants: Vec<super::variant::Variant>,
+    /// Trunk and branch ENIs (`--variant sgp-strict|sgp-standard`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sgp: Option<super::sgp::Sgp>,
 }
 
 /// `eni` + the first 11 hex characters of sha1("<namespace>.<pod>"), as the VPC CNI names
@@ -246,7 +254,7 @@ impl Plan {
                 etp: cfg.etp,
             },
         ];
-        Plan {
+        let mut plan = Plan {
             prefix: cfg.prefix.clone(),
             vpc_cidr: format!("{a}.{b}.0.0/16"),
             vpc_cidr_v6: cfg.ipv6.then(|| "2001:2::/48".to_string()),
@@ -256,7 +264,11 @@ impl Plan {
             pods,
             hosts,
             services,
-        }
+            variants: cfg.variants.clone(),
+            sgp: None,
+        };
+        super::sgp::extend(&mut plan, cfg);
+        plan
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

@@ -16,7 +16,7 @@ pub fn render(plan: &Plan) -> Value {
             if let Some(v6) = p.ipv6 {
                 pod_ips.push(json!({ "ip": v6.to_string() }));
             }
-            json!({
+            let mut pod = json!({
                 "apiVersion": "v1",
                 "kind": "Pod",
                 "metadata": {
@@ -41,7 +41,9 @@ pub fn render(plan: &Plan) -> Value {
                     "podIP": p.ip.to_string(),
                     "podIPs": pod_ips,
                 },
-            })
+            });
+            super::sgp::annotate_pod(plan, &mut pod);
+            pod
         })
         .collect();
     json!({ "apiVersion": "v1", "items": items, "kind": "List", "metadata": { "resourceVersion": "" } })

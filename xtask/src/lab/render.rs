@@ -91,6 +91,8 @@ pub fn vpc(plan: &Plan) -> NsConfig {
             }
         }
     }
+    // Branch ENIs behind a trunk (--variant sgp-*).
+    ip.extend(super::sgp::vpc(plan));
     for h in &plan.hosts {
         let l = &h.vpc_link;
         ip.push(format!("link add {l} type veth peer name eth0 netns {}", h.netns));
@@ -101,6 +103,7 @@ pub fn vpc(plan: &Plan) -> NsConfig {
             ip.push(format!("addr add {}/64 dev {l} nodad", super::plan::v6(seg[3], 1)));
         }
     }
+    check += &super::sgp::vpc_check(plan);
     check += "COMMIT\n";
     check6 += "COMMIT\n";
     NsConfig {
@@ -146,7 +149,10 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
                 ip.push(format!("route replace {gw} dev {n} scope link table {t}"));
                 ip.push(format!("route replace default via {gw} dev {n} table {t}"));
                 ip.push(format!("route del {} dev {n} table main", eni.subnet()));
-                ip.push(format!("rule add from {} lookup {t} pref 32765", eni.ip));
+                // ... except on a trunk ENI (network.go setupENINetwork: !isTrunkENI).
+                if !plan.is_trunk(&node.name, n) {
+                    ip.push(format!("rule add from {} lookup {t} pref 32765", eni.ip));
+                }
             }
         }
     }
@@ -158,9 +164,11 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
         ip.push(format!("addr add {}/64 dev {} nodad", super::plan::v6(sub, o[3] as u16), primary.name));
         ip.push(format!("route add default via {} dev {}", super::plan::v6(sub, 1), primary.name));
     }
-    for pod in plan.pods_on(&node.name) {
+    for pod in plan.pods_on(&node.name).filter(|p| plan.branch_of(&p.name).is_none()) {
         ip.extend(pod_on_node(node, pod));
     }
+    // Security Groups for Pods: local rule move and branch-ENI pods (--variant sgp-*).
+    ip.extend(super::sgp::node(plan, &node.name));
     NsConfig {
         netns: node.netns.clone(),
         sysctls,
