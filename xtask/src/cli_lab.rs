@@ -20,6 +20,9 @@ pub enum LabCmd {
         /// Also give web-1 and db IPv6 addresses (2001:2::/48).
         #[arg(long)]
         ipv6: bool,
+        /// Host veth name prefix (AWS_VPC_K8S_CNI_VETHPREFIX, at most 4 characters).
+        #[arg(long, default_value = "eni")]
+        veth_prefix: String,
     },
     /// Remove every namespace, link and rule of the lab (also after a half-failed `up`).
     Down {
@@ -91,8 +94,8 @@ pub enum Proto {
 
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up { prefix, etp, eni_names, ipv6 } => {
-            let cfg = LabConfig { prefix, etp, eni_names, ipv6, ..LabConfig::default() };
+        LabCmd::Up { prefix, etp, eni_names, ipv6, veth_prefix } => {
+            let cfg = LabConfig { prefix, etp, eni_names, ipv6, veth_prefix, ..LabConfig::default() };
             up(&cfg)
         }
         LabCmd::Down { prefix } => {
@@ -142,8 +145,12 @@ pub fn run(cmd: LabCmd) -> Result<()> {
 
 fn up(cfg: &LabConfig) -> Result<()> {
     if let Ok(st) = lab::status(&cfg.prefix) {
-        let same = Saved::load(&cfg.prefix)
-            .is_ok_and(|s| s.etp == cfg.etp && s.eni_names == cfg.eni_names && s.ipv6 == cfg.ipv6);
+        let same = Saved::load(&cfg.prefix).is_ok_and(|s| {
+            s.etp == cfg.etp
+                && s.eni_names == cfg.eni_names
+                && s.ipv6 == cfg.ipv6
+                && s.veth_prefix == cfg.veth_prefix
+        });
         if st.up && same && server_alive(&cfg.prefix) {
             println!("lab {:?} is already up", cfg.prefix);
             return Ok(());
@@ -222,6 +229,9 @@ fn print_status(st: &lab::Status) {
         if st.up { "up" } else { "DOWN or partial" },
         st.etp
     );
+    if st.plan.veth_prefix != "eni" {
+        println!("  veth prefix {:?}", st.plan.veth_prefix);
+    }
     for n in &st.plan.nodes {
         println!("  {} (netns {})", n.name, n.netns);
         for e in &n.enis {

@@ -1,6 +1,7 @@
 //! The built-in EKS-node lab: a VPC router, two nodes with two ENIs each, pods, an ALB client,
 //! a VPC host and an internet host, all in network namespaces named `<prefix><member>`.
 //! Nothing outside those namespaces is touched.
+pub mod ipam_variants;
 pub mod plan;
 pub mod podlist;
 pub mod render;
@@ -37,6 +38,12 @@ pub struct Saved {
     /// Namespaces added after `up` (e.g. by tests creating pods); removed by `down`.
     #[serde(default)]
     pub extra_netns: Vec<String>,
+    #[serde(default = "default_veth_prefix")]
+    pub veth_prefix: String,
+}
+
+fn default_veth_prefix() -> String {
+    plan::DEFAULT_VETH_PREFIX.into()
 }
 
 impl Saved {
@@ -47,6 +54,7 @@ impl Saved {
             eni_names: self.eni_names,
             vpc: self.vpc,
             ipv6: self.ipv6,
+            veth_prefix: self.veth_prefix.clone(),
         }
     }
 
@@ -135,7 +143,7 @@ impl Lab {
             ip: std::net::Ipv4Addr::new(o[0], o[1], o[2], host),
             ipv6: None,
             eni: eni.name.clone(),
-            veth: plan::veth_name("default", name),
+            veth: plan::host_veth_name(&self.plan.veth_prefix, "default", name),
             labels: vec![],
         };
         netns::add(&pod.netns)?;
@@ -196,6 +204,7 @@ impl Drop for Lab {
 /// Creates every namespace, link, address, route, rule and iptables rule of the plan.
 /// On failure, everything created so far is removed again.
 pub fn build(cfg: &LabConfig) -> Result<Plan> {
+    ipam_variants::check_veth_prefix(&cfg.veth_prefix)?;
     let plan = Plan::new(cfg);
     down(&cfg.prefix)?;
     let saved = Saved {
@@ -205,6 +214,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
         vpc: cfg.vpc,
         ipv6: cfg.ipv6,
         extra_netns: Vec::new(),
+        veth_prefix: cfg.veth_prefix.clone(),
     };
     saved.store()?;
     let result = (|| -> Result<()> {

@@ -5,6 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
+pub const DEFAULT_VETH_PREFIX: &str = "eni";
+
 /// externalTrafficPolicy of the NodePort service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -31,6 +33,8 @@ pub struct LabConfig {
     pub vpc: [u8; 2],
     /// Also give web-1 and the db host IPv6 addresses.
     pub ipv6: bool,
+    /// AWS_VPC_K8S_CNI_VETHPREFIX: host veths are `<prefix>` + 11 hex (1 to 4 characters).
+    pub veth_prefix: String,
 }
 
 impl Default for LabConfig {
@@ -41,6 +45,7 @@ impl Default for LabConfig {
             eni_names: EniNames::Eth,
             vpc: [198, 18],
             ipv6: false,
+            veth_prefix: DEFAULT_VETH_PREFIX.into(),
         }
     }
 }
@@ -148,14 +153,21 @@ pub struct Plan {
     pub pods: Vec<Pod>,
     pub hosts: Vec<Host>,
     pub services: Vec<Service>,
+    pub veth_prefix: String,
 }
 
 /// `eni` + the first 11 hex characters of sha1("<namespace>.<pod>"), as the VPC CNI names
 /// host veths (pkg/networkutils/names.go).
 pub fn veth_name(namespace: &str, pod: &str) -> String {
+    host_veth_name(DEFAULT_VETH_PREFIX, namespace, pod)
+}
+
+/// `<veth prefix>` + the first 11 hex characters of sha1("<namespace>.<pod>")
+/// (amazon-vpc-cni-k8s pkg/networkutils/names.go, GeneratePodHostVethName).
+pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
     let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("eni{}", &hex[..11])
+    format!("{prefix}{}", &hex[..11])
 }
 
 /// The lab's IPv6 prefix: 2001:2::/48 is reserved for benchmarking (RFC 5180).
@@ -197,7 +209,7 @@ impl Plan {
             ip: ip(dev as u8 + 1, host),
             ipv6: None,
             eni: node.enis[dev].name.clone(),
-            veth: veth_name("default", name),
+            veth: host_veth_name(&cfg.veth_prefix, "default", name),
             labels,
         };
         let mut pods = vec![
@@ -256,6 +268,7 @@ impl Plan {
             pods,
             hosts,
             services,
+            veth_prefix: cfg.veth_prefix.clone(),
         }
     }
 

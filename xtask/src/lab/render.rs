@@ -175,10 +175,12 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
     let node = plan.node(node_name).expect("node in plan");
     let eth0 = &node.primary().name;
     let vpc = &plan.vpc_cidr;
+    let veths = format!("{}+", plan.veth_prefix);
     let mut s = String::new();
     s += "*mangle\n:PREROUTING ACCEPT [0:0]\n";
     writeln!(s, "-A PREROUTING -i {eth0} -m comment --comment \"AWS, primary ENI\" -m addrtype --dst-type LOCAL --limit-iface-in -j CONNMARK --set-xmark 0x80/0x80").unwrap();
-    s += "-A PREROUTING -i eni+ -m comment --comment \"AWS, primary ENI\" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80\n";
+    // network.go buildIptablesSNATRules: `-i <AWS_VPC_K8S_CNI_VETHPREFIX>+`.
+    writeln!(s, "-A PREROUTING -i {veths} -m comment --comment \"AWS, primary ENI\" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80").unwrap();
     s += "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n";
     for chain in [
         "AWS-SNAT-CHAIN-0",
@@ -204,7 +206,11 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
         }
     }
     s += "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
-    s += "-A PREROUTING -i eni+ -m comment --comment \"AWS, outbound connections\" -j AWS-CONNMARK-CHAIN-0\n";
+    writeln!(
+        s,
+        "-A PREROUTING -i {veths} -m comment --comment \"AWS, outbound connections\" -j AWS-CONNMARK-CHAIN-0"
+    )
+    .unwrap();
     s += "-A PREROUTING -m comment --comment \"AWS, CONNMARK\" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80\n";
     s += "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
     s += "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n";
