@@ -3,7 +3,7 @@ use std::{net::SocketAddr, os::unix::process::CommandExt, process::Command};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Subcommand, ValueEnum};
-use xtask::lab::{self, EniNames, Etp, LabConfig, Plan, Saved, plan::NODE_PORT, traffic};
+use xtask::lab::{self, EniNames, Etp, LabConfig, Plan, Saved, Variant, plan::NODE_PORT, traffic};
 
 #[derive(Subcommand)]
 pub enum LabCmd {
@@ -23,6 +23,9 @@ pub enum LabCmd {
         /// Host veth name prefix (AWS_VPC_K8S_CNI_VETHPREFIX, at most 4 characters).
         #[arg(long, default_value = "eni")]
         veth_prefix: String,
+        /// Datapath variants, comma-separated (see eks-variants.md).
+        #[arg(long = "variant", value_enum, value_delimiter = ',')]
+        variants: Vec<Variant>,
     },
     /// Remove every namespace, link and rule of the lab (also after a half-failed `up`).
     Down {
@@ -94,8 +97,11 @@ pub enum Proto {
 
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up { prefix, etp, eni_names, ipv6, veth_prefix } => {
-            let cfg = LabConfig { prefix, etp, eni_names, ipv6, veth_prefix, ..LabConfig::default() };
+        LabCmd::Up { prefix, etp, eni_names, ipv6, veth_prefix, mut variants } => {
+            variants.sort();
+            variants.dedup();
+            let cfg =
+                LabConfig { prefix, etp, eni_names, ipv6, veth_prefix, variants, ..LabConfig::default() };
             up(&cfg)
         }
         LabCmd::Down { prefix } => {
@@ -150,6 +156,7 @@ fn up(cfg: &LabConfig) -> Result<()> {
                 && s.eni_names == cfg.eni_names
                 && s.ipv6 == cfg.ipv6
                 && s.veth_prefix == cfg.veth_prefix
+                && s.variants == cfg.variants
         });
         if st.up && same && server_alive(&cfg.prefix) {
             println!("lab {:?} is already up", cfg.prefix);
@@ -229,14 +236,24 @@ fn print_status(st: &lab::Status) {
         if st.up { "up" } else { "DOWN or partial" },
         st.etp
     );
-    if st.plan.veth_prefix != "eni" {
-        println!("  veth prefix {:?}", st.plan.veth_prefix);
+    if !st.plan.variants.is_empty() || st.plan.veth_prefix != "eni" {
+        let v: Vec<String> = st.plan.variants.iter().map(ToString::to_string).collect();
+        println!("  variants [{}], veth prefix {:?}", v.join(","), st.plan.veth_prefix);
+    }
+    if let Some(cn) = &st.plan.custom_networking {
+        println!(
+            "  custom networking: {} {} in ENIConfig {} subnet {} (VPC CIDR {})",
+            cn.node, cn.eni, cn.eniconfig, cn.subnet, cn.vpc_cidr
+        );
     }
     for n in &st.plan.nodes {
         println!("  {} (netns {})", n.name, n.netns);
         for e in &n.enis {
             let table = e.table().map(|t| format!("table {t}")).unwrap_or_else(|| "main".into());
             println!("    {:<5} {} {:<15} {}", e.name, e.mac, e.ip, table);
+            for p in &e.ipv4_prefixes {
+                println!("      prefix {p}");
+            }
             for p in st.plan.pods_on(&n.name).filter(|p| p.eni == e.name) {
                 println!("      pod {:<6} {:<15} veth {}", p.name, p.ip, p.veth);
             }

@@ -7,6 +7,7 @@ pub mod podlist;
 pub mod render;
 pub mod servers;
 pub mod traffic;
+pub mod variant;
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -16,7 +17,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-pub use plan::{EniNames, Etp, LabConfig, Plan};
+pub use plan::{EniNames, Etp, LabConfig, Plan, Variant};
 
 use crate::netns;
 
@@ -40,6 +41,8 @@ pub struct Saved {
     pub extra_netns: Vec<String>,
     #[serde(default = "default_veth_prefix")]
     pub veth_prefix: String,
+    #[serde(default)]
+    pub variants: Vec<Variant>,
 }
 
 fn default_veth_prefix() -> String {
@@ -55,6 +58,7 @@ impl Saved {
             vpc: self.vpc,
             ipv6: self.ipv6,
             veth_prefix: self.veth_prefix.clone(),
+            variants: self.variants.clone(),
         }
     }
 
@@ -215,6 +219,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
         ipv6: cfg.ipv6,
         extra_netns: Vec::new(),
         veth_prefix: cfg.veth_prefix.clone(),
+        variants: cfg.variants.clone(),
     };
     saved.store()?;
     let result = (|| -> Result<()> {
@@ -267,8 +272,12 @@ pub fn down(prefix: &str) -> Result<()> {
     {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
     }
-    // Namespace names do not depend on the other options.
-    let plan = Plan::new(&LabConfig { prefix: prefix.to_string(), ..LabConfig::default() });
+    // Namespace names depend on nothing but the prefix and the variants (which add pods).
+    let plan = Plan::new(&LabConfig {
+        prefix: prefix.to_string(),
+        variants: Variant::ALL.to_vec(),
+        ..LabConfig::default()
+    });
     let mut errors = Vec::new();
     for ns in plan.namespaces().into_iter().chain(extra) {
         if let Err(e) = netns::del(&ns) {

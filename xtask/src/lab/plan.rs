@@ -5,6 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
+use super::ipam_variants;
+pub use super::{
+    ipam_variants::{Cidr4, CustomNetworking},
+    variant::Variant,
+};
+
 pub const DEFAULT_VETH_PREFIX: &str = "eni";
 
 /// externalTrafficPolicy of the NodePort service.
@@ -35,6 +41,13 @@ pub struct LabConfig {
     pub ipv6: bool,
     /// AWS_VPC_K8S_CNI_VETHPREFIX: host veths are `<prefix>` + 11 hex (1 to 4 characters).
     pub veth_prefix: String,
+    pub variants: Vec<Variant>,
+}
+
+impl LabConfig {
+    pub fn has(&self, v: Variant) -> bool {
+        self.variants.contains(&v)
+    }
 }
 
 impl Default for LabConfig {
@@ -46,6 +59,7 @@ impl Default for LabConfig {
             vpc: [198, 18],
             ipv6: false,
             veth_prefix: DEFAULT_VETH_PREFIX.into(),
+            variants: Vec::new(),
         }
     }
 }
@@ -64,6 +78,8 @@ pub struct Eni {
     /// The link's name on the VPC router side.
     pub vpc_link: String,
     pub mac: String,
+    /// /28 prefixes delegated to the ENI (prefix delegation), IMDS `ipv4-prefix`.
+    pub ipv4_prefixes: Vec<Cidr4>,
 }
 
 impl Eni {
@@ -154,6 +170,10 @@ pub struct Plan {
     pub hosts: Vec<Host>,
     pub services: Vec<Service>,
     pub veth_prefix: String,
+    pub variants: Vec<Variant>,
+    /// VPC CIDRs besides `vpc_cidr` (IMDS `vpc-ipv4-cidr-blocks` lists all of them).
+    pub secondary_vpc_cidrs: Vec<String>,
+    pub custom_networking: Option<CustomNetworking>,
 }
 
 /// `eni` + the first 11 hex characters of sha1("<namespace>.<pod>"), as the VPC CNI names
@@ -196,6 +216,7 @@ impl Plan {
                     gateway: ip(dev + 1, 1),
                     vpc_link: format!("{name}-{}", eni_name(dev)),
                     mac: format!("02:00:00:{letter:02x}:{dev:02x}:01"),
+                    ipv4_prefixes: Vec::new(),
                 })
                 .collect(),
         };
@@ -258,7 +279,7 @@ impl Plan {
                 etp: cfg.etp,
             },
         ];
-        Plan {
+        let mut plan = Plan {
             prefix: cfg.prefix.clone(),
             vpc_cidr: format!("{a}.{b}.0.0/16"),
             vpc_cidr_v6: cfg.ipv6.then(|| "2001:2::/48".to_string()),
@@ -269,7 +290,12 @@ impl Plan {
             hosts,
             services,
             veth_prefix: cfg.veth_prefix.clone(),
-        }
+            variants: cfg.variants.clone(),
+            secondary_vpc_cidrs: Vec::new(),
+            custom_networking: None,
+        };
+        ipam_variants::apply(cfg, &mut plan);
+        plan
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
@@ -325,7 +351,9 @@ impl Plan {
     /// IPs owned by one node ENI (its own IP and the pod IPs it carries), as the VPC sees it.
     pub fn owned_by(&self, node: &Node, eni: &Eni) -> Vec<Ipv4Addr> {
         let mut v = vec![eni.ip];
-        v.extend(self.pods_on(&node.name).filter(|p| p.eni == eni.name).map(|p| p.ip));
+        // Pod IPs carved from a delegated prefix are routed as part of the prefix.
+        let own = |p: &&Pod| p.eni == eni.name && !eni.in_ipv4_prefix(p.ip);
+        v.extend(self.pods_on(&node.name).filter(own).map(|p| p.ip));
         v
     }
 }

@@ -68,6 +68,7 @@ pub fn vpc(plan: &Plan) -> NsConfig {
             for owned in plan.owned_by(node, eni) {
                 writeln!(check, "-A VPC-SRC-DST-CHECK -i {l} -s {owned}/32 -j RETURN").unwrap();
             }
+            super::ipam_variants::vpc_prefixes(eni, &mut ip, &mut check);
             writeln!(
                 check,
                 "-A VPC-SRC-DST-CHECK -i {l} -m comment --comment \"src/dst check {} {}\" -j DROP",
@@ -174,7 +175,6 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
 pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
     let node = plan.node(node_name).expect("node in plan");
     let eth0 = &node.primary().name;
-    let vpc = &plan.vpc_cidr;
     let veths = format!("{}+", plan.veth_prefix);
     let mut s = String::new();
     s += "*mangle\n:PREROUTING ACCEPT [0:0]\n";
@@ -215,13 +215,18 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
     s += "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
     s += "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n";
     s += "-A POSTROUTING -m comment --comment \"AWS SNAT CHAIN\" -j AWS-SNAT-CHAIN-0\n";
-    writeln!(s, "-A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment \"AWS SNAT CHAIN\" -j RETURN").unwrap();
+    // A RETURN for every VPC CIDR, secondary ones too (network.go buildIptablesSNATRules; ipamd
+    // reads them from IMDS vpc-ipv4-cidr-blocks, pkg/awsutils/imds.go GetVPCIPv4CIDRBlocks).
+    for vpc in plan.vpc_cidrs() {
+        writeln!(s, "-A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment \"AWS SNAT CHAIN\" -j RETURN")
+            .unwrap();
+    }
     writeln!(s, "-A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment \"AWS, SNAT\" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {} --random-fully", node.primary_ip()).unwrap();
-    writeln!(
-        s,
-        "-A AWS-CONNMARK-CHAIN-0 -d {vpc} -m comment --comment \"AWS CONNMARK CHAIN, VPC CIDR\" -j RETURN"
-    )
-    .unwrap();
+    // iptables_connmark.go buildRules: a RETURN per VPC CIDR.
+    for vpc in plan.vpc_cidrs() {
+        writeln!(s, "-A AWS-CONNMARK-CHAIN-0 -d {vpc} -m comment --comment \"AWS CONNMARK CHAIN\" -j RETURN")
+            .unwrap();
+    }
     s += "-A AWS-CONNMARK-CHAIN-0 -m comment --comment \"AWS, CONNMARK\" -j CONNMARK --set-xmark 0x80/0x80\n";
     s += "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n";
     s += "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n";
