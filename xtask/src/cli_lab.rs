@@ -73,6 +73,9 @@ pub enum LabCmd {
         /// Payload bytes per request.
         #[arg(long, default_value_t = 64)]
         payload: usize,
+        /// Send to the member's IPv6 address (pods, hosts, nodes' primary ENI).
+        #[arg(long)]
+        v6: bool,
     },
     /// (internal) Serve the echo servers of a lab until terminated; started by `up`.
     #[command(hide = true)]
@@ -124,10 +127,10 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             let err = Command::new("ip").args(["netns", "exec", &ns]).args(&cmd).exec();
             Err(anyhow!(err).context("exec"))
         }
-        LabCmd::Traffic { prefix, from, to, via, node, proto, count, concurrency, payload } => {
+        LabCmd::Traffic { prefix, from, to, via, node, proto, count, concurrency, payload, v6 } => {
             let plan = Plan::new(&Saved::load(&prefix)?.config());
             let from_ns = plan.netns_of(&from).ok_or_else(|| anyhow!("no lab member {from}"))?;
-            let targets = resolve(&plan, &to, via, &node)?;
+            let targets = if v6 { resolve_v6(&plan, &to)? } else { resolve(&plan, &to, via, &node)? };
             for target in targets {
                 match proto {
                     Proto::Tcp => {
@@ -200,6 +203,16 @@ fn serve(prefix: &str) -> Result<()> {
     }
 }
 
+/// `member[:port]` → the member's IPv6 address.
+fn resolve_v6(plan: &Plan, to: &str) -> Result<Vec<SocketAddr>> {
+    let (name, port) = match to.rsplit_once(':') {
+        Some((n, p)) => (n, p.parse::<u16>().context("port")?),
+        None => (to, 8080),
+    };
+    let ip = plan.ipv6_of(name).ok_or_else(|| anyhow!("lab member {name} has no IPv6 address"))?;
+    Ok(vec![SocketAddr::new(ip.into(), port)])
+}
+
 /// `member[:port]` or a service name → the addresses to send to.
 fn resolve(plan: &Plan, to: &str, via: Option<Via>, node: &str) -> Result<Vec<SocketAddr>> {
     let (name, port) = match to.rsplit_once(':') {
@@ -251,11 +264,23 @@ fn print_status(st: &lab::Status) {
         for e in &n.enis {
             let table = e.table().map(|t| format!("table {t}")).unwrap_or_else(|| "main".into());
             println!("    {:<5} {} {:<15} {}", e.name, e.mac, e.ip, table);
-            for p in &e.ipv4_prefixes {
+            for p in e
+                .ipv4_prefixes
+                .iter()
+                .map(ToString::to_string)
+                .chain(e.ipv6_prefixes.iter().map(ToString::to_string))
+            {
                 println!("      prefix {p}");
             }
             for p in st.plan.pods_on(&n.name).filter(|p| p.eni == e.name) {
-                println!("      pod {:<6} {:<15} veth {}", p.name, p.ip, p.veth);
+                let ip = st.plan.ip_of(&p.name).map(|i| i.to_string()).unwrap_or_default();
+                println!("      pod {:<6} {:<15} veth {}", p.name, ip, p.veth);
+                if let Some(v4) = &p.v4_egress {
+                    println!(
+                        "        {} {}/{} host veth {} SNAT chain {} -> {}",
+                        v4.ifname, v4.ip, v4.prefix_len, v4.host_veth, v4.snat_chain, v4.snat_to
+                    );
+                }
             }
         }
     }

@@ -1,15 +1,23 @@
 //! The IPAM variants of the lab (see ../shared/brief/eks-variants.md §6, §7, §8, §9):
-//! prefix delegation on node-a, custom networking on node-b, and the host veth name prefix.
+//! prefix delegation on node-a, custom networking on node-b, an IPv6 pod with the egress-cni
+//! plugin's IPv4 path on node-a, and the host veth name prefix.
 //!
 //! `apply` rewrites the classic plan (eks-datapath.md) the way ipamd would have allocated it
 //! under each variant; the renderers in `render.rs` call the small hooks below for what the
 //! VPC router (EC2) and the nodes add on top.
-use std::{fmt, net::Ipv4Addr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Result, bail};
 use serde::{Serialize, Serializer};
 
-use super::plan::{Eni, LabConfig, Plan, Variant};
+use super::{
+    egress_cni,
+    plan::{Eni, LabConfig, Node, Plan, Pod, Variant, v6},
+};
+use crate::netns;
 
 /// An IPv4 CIDR block (a delegated prefix, a subnet).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,7 +43,34 @@ impl Cidr4 {
     }
 }
 
+/// An IPv6 CIDR block (a delegated /80, a subnet).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr6 {
+    pub addr: Ipv6Addr,
+    pub len: u8,
+}
+
+impl Cidr6 {
+    pub fn new(addr: Ipv6Addr, len: u8) -> Cidr6 {
+        let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+        Cidr6 { addr: Ipv6Addr::from(u128::from(addr) & mask), len }
+    }
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        Cidr6::new(ip, self.len).addr == self.addr
+    }
+    pub fn nth(&self, i: u128) -> Option<Ipv6Addr> {
+        let size = if self.len == 0 { u128::MAX } else { 1u128 << (128 - self.len) };
+        (i < size).then(|| Ipv6Addr::from(u128::from(self.addr) + i))
+    }
+}
+
 impl fmt::Display for Cidr4 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl fmt::Display for Cidr6 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
     }
@@ -47,12 +82,28 @@ impl Serialize for Cidr4 {
     }
 }
 
+impl Serialize for Cidr6 {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `Pod::ip` in JSON: null for an IPv6 pod (it has no IPv4 VPC address).
+pub fn ser_pod_ip<S: Serializer>(ip: &Ipv4Addr, s: S) -> Result<S::Ok, S::Error> {
+    if ip.is_unspecified() { s.serialize_none() } else { s.collect_str(ip) }
+}
+
 /// The next address of `prefix` that is not in `used`, scanning from the prefix's own first
 /// address as ipamd's datastore does (amazon-vpc-cni-k8s pkg/ipamd/datastore/data_store.go,
 /// getUnusedIP: `for ip := ip.Mask(ipnet.Mask); ipnet.Contains(ip); getNextIPAddr(ip)`), so
 /// the first pod of 198.18.1.32/28 gets 198.18.1.32.
 pub fn carve4(prefix: Cidr4, used: &[Ipv4Addr]) -> Option<Ipv4Addr> {
     (0..prefix.size()).filter_map(|i| prefix.nth(i)).find(|ip| !used.contains(ip))
+}
+
+/// Same for an IPv6 prefix (data_store.go getFreeIPv6AddrFromCidr → getUnusedIP).
+pub fn carve6(prefix: Cidr6, used: &[Ipv6Addr]) -> Option<Ipv6Addr> {
+    (0..).map_while(|i| prefix.nth(i)).find(|ip| !used.contains(ip))
 }
 
 /// Custom networking: which node, which ENIConfig subnet and which secondary VPC CIDR.
@@ -90,6 +141,16 @@ impl Eni {
     pub fn in_ipv4_prefix(&self, ip: Ipv4Addr) -> bool {
         self.ipv4_prefixes.iter().any(|p| p.contains(ip))
     }
+    pub fn in_ipv6_prefix(&self, ip: Ipv6Addr) -> bool {
+        self.ipv6_prefixes.iter().any(|p| p.contains(ip))
+    }
+}
+
+impl Pod {
+    /// An IPv6 pod (IPv6 cluster): no IPv4 VPC address.
+    pub fn is_ipv6_only(&self) -> bool {
+        self.ip.is_unspecified() && self.ipv6.is_some()
+    }
 }
 
 impl Plan {
@@ -98,6 +159,20 @@ impl Plan {
         let mut v = vec![self.vpc_cidr.clone()];
         v.extend(self.secondary_vpc_cidrs.iter().cloned());
         v
+    }
+
+    /// The ENI's own IPv6 address (only primary ENIs get one, when the VPC has IPv6).
+    pub fn eni_ipv6(&self, eni: &Eni) -> Option<Ipv6Addr> {
+        let o = eni.ip.octets();
+        (self.vpc_cidr_v6.is_some() && eni.device == 0).then(|| v6(o[2] as u16, o[3] as u16))
+    }
+
+    /// IPv6 address of a named lab member (pod, host, or a node's primary ENI).
+    pub fn ipv6_of(&self, name: &str) -> Option<Ipv6Addr> {
+        self.pod(name)
+            .and_then(|p| p.ipv6)
+            .or_else(|| self.host(name).and_then(|h| h.ipv6))
+            .or_else(|| self.node(name).and_then(|n| self.eni_ipv6(n.primary())))
     }
 }
 
@@ -108,6 +183,9 @@ pub fn apply(cfg: &LabConfig, plan: &mut Plan) {
     }
     if cfg.has(Variant::CustomNetworking) {
         custom_networking(plan, "node-b", cfg.vpc);
+    }
+    if cfg.has(Variant::Ipv6Egress) {
+        ipv6_egress(plan, "node-a", "v6-1");
     }
 }
 
@@ -125,7 +203,7 @@ fn prefix_delegation(plan: &mut Plan, node: &str) {
     }
     let enis = n.enis.clone();
     let mut used: Vec<Ipv4Addr> = Vec::new();
-    for pod in plan.pods.iter_mut().filter(|p| p.node == node) {
+    for pod in plan.pods.iter_mut().filter(|p| p.node == node && !p.ip.is_unspecified()) {
         let eni = enis.iter().find(|e| e.name == pod.eni).expect("pod ENI");
         if let Some(ip) = eni.ipv4_prefixes.iter().find_map(|p| carve4(*p, &used)) {
             pod.ip = ip;
@@ -153,7 +231,7 @@ fn custom_networking(plan: &mut Plan, node: &str, vpc: [u8; 2]) {
     eni.prefix_len = subnet.len;
     let eni = eni.clone();
     let mut next = host;
-    for pod in plan.pods.iter_mut().filter(|p| p.node == node) {
+    for pod in plan.pods.iter_mut().filter(|p| p.node == node && !p.ip.is_unspecified()) {
         next += 1;
         pod.ip = subnet.nth(next as u64).expect("pod in /24");
         pod.eni = eni.name.clone();
@@ -168,6 +246,46 @@ fn custom_networking(plan: &mut Plan, node: &str, vpc: [u8; 2]) {
     });
 }
 
+/// An IPv6 pod as in an IPv6 cluster (ENABLE_IPv6=true needs prefix delegation and no custom
+/// networking, pkg/ipamd/ipamd.go isConfigValid): ipamd delegates a /80 to the primary ENI
+/// (`<subnet /64>:<node letter>::/80`) and carves the pod's address from it (data_store.go
+/// AssignPodIPv6Address: "In IPv6 Prefix Delegation mode, eniPool will only have Primary
+/// ENI"); the egress-cni plugin adds `v4if0` for IPv4 egress. The VPC, the db host and the
+/// ALB get IPv6 so that v6 paths can be tried both ways.
+fn ipv6_egress(plan: &mut Plan, node: &str, pod_name: &str) {
+    plan.vpc_cidr_v6.get_or_insert_with(|| "2001:2::/48".into());
+    for (host, sub) in [("db", 3u16), ("alb", 100)] {
+        if let Some(h) = plan.hosts.iter_mut().find(|h| h.name == host) {
+            h.ipv6.get_or_insert(v6(sub, 0x10));
+        }
+    }
+    let lab_prefix = plan.prefix.clone();
+    let veth_prefix = plan.veth_prefix.clone();
+    let Some(n) = plan.nodes.iter_mut().find(|n| n.name == node) else { return };
+    let letter = n.primary().mac.split(':').nth(3).and_then(|h| u16::from_str_radix(h, 16).ok()).unwrap_or(0);
+    let primary = &mut n.enis[0];
+    let sub = primary.ip.octets()[2] as u16;
+    let prefix = Cidr6::new(Ipv6Addr::new(0x2001, 2, 0, sub, letter, 0, 0, 0), 80);
+    primary.ipv6_prefixes = vec![prefix];
+    let (eni_name, node_ip) = (primary.name.clone(), primary.ip);
+    let used: Vec<Ipv6Addr> = plan.pods.iter().filter_map(|p| p.ipv6).collect();
+    let ipv6 = carve6(prefix, &used).expect("free address in the /80");
+    let index = plan.pods.iter().filter(|p| p.node == node && p.v4_egress.is_some()).count();
+    let netns = format!("{lab_prefix}{pod_name}");
+    plan.pods.push(Pod {
+        name: pod_name.into(),
+        namespace: "default".into(),
+        netns: netns.clone(),
+        node: node.into(),
+        ip: Ipv4Addr::UNSPECIFIED,
+        ipv6: Some(ipv6),
+        eni: eni_name,
+        veth: super::plan::host_veth_name(&veth_prefix, "default", pod_name),
+        labels: vec![("app".into(), "v6".into())],
+        v4_egress: Some(egress_cni::EgressV4::new(&netns, node_ip, index)),
+    });
+}
+
 /// EC2's side of delegated prefixes on the VPC router: the prefix is routed to its ENI and
 /// passes the source/destination check (it is the ENI's, like a secondary IP).
 pub fn vpc_prefixes(eni: &Eni, ip: &mut Vec<String>, check: &mut String) {
@@ -176,6 +294,57 @@ pub fn vpc_prefixes(eni: &Eni, ip: &mut Vec<String>, check: &mut String) {
         ip.push(format!("route add {p} via {} dev {l}", eni.ip));
         check.push_str(&format!("-A VPC-SRC-DST-CHECK -i {l} -s {p} -j RETURN\n"));
     }
+}
+
+/// Same for IPv6 prefixes (`node_v6` is the ENI's own IPv6 address).
+pub fn vpc_prefixes_v6(eni: &Eni, node_v6: Ipv6Addr, ip: &mut Vec<String>, check6: &mut String) {
+    let l = &eni.vpc_link;
+    for p in &eni.ipv6_prefixes {
+        ip.push(format!("route add {p} via {node_v6} dev {l}"));
+        check6.push_str(&format!("-A VPC-SRC-DST-CHECK -i {l} -s {p} -j RETURN\n"));
+    }
+}
+
+/// Per-interface sysctls of the variants on a node (after the links exist).
+pub fn node_sysctls(plan: &Plan, node: &Node) -> Vec<(String, String)> {
+    plan.pods_on(&node.name).filter(|p| p.is_ipv6_only()).flat_map(egress_cni::node_sysctls).collect()
+}
+
+/// What the variants add to a built lab that the base renderer has no slot for: IPv6 rules
+/// (`ip -6` batch) and iptables rules inserted into the chains the base rules created.
+pub struct Post {
+    pub netns: String,
+    pub ip6: Vec<String>,
+    /// iptables-restore --noflush input.
+    pub iptables: Option<String>,
+}
+
+pub fn post(plan: &Plan) -> Vec<Post> {
+    plan.nodes
+        .iter()
+        .map(|n| Post {
+            netns: n.netns.clone(),
+            ip6: egress_cni::node_ip6(plan, n),
+            iptables: egress_cni::node_iptables(plan, n),
+        })
+        .filter(|p| !p.ip6.is_empty() || p.iptables.is_some())
+        .collect()
+}
+
+pub fn apply_post(plan: &Plan) -> Result<()> {
+    for p in post(plan) {
+        if !p.ip6.is_empty() {
+            netns::run_with_input("ip", &["-6", "-n", &p.netns, "-batch", "-"], &(p.ip6.join("\n") + "\n"))?;
+        }
+        if let Some(rules) = &p.iptables {
+            netns::run_with_input(
+                "ip",
+                &["netns", "exec", &p.netns, "iptables-restore", "--noflush"],
+                rules,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -197,6 +366,14 @@ mod tests {
         let all: Vec<Ipv4Addr> = (0..16).map(|i| p.nth(i).unwrap()).collect();
         assert_eq!(all.last(), Some(&"198.18.1.47".parse().unwrap()));
         assert_eq!(carve4(p, &all), None, "a /28 holds 16 pods");
+        let p6 = Cidr6::new("2001:2:0:1:a::".parse().unwrap(), 80);
+        assert_eq!(carve6(p6, &[]), Some("2001:2:0:1:a::".parse().unwrap()));
+        assert_eq!(
+            carve6(p6, &["2001:2:0:1:a::".parse().unwrap()]),
+            Some("2001:2:0:1:a::1".parse().unwrap())
+        );
+        assert!(p6.contains("2001:2:0:1:a:ffff:ffff:ffff".parse().unwrap()));
+        assert!(!p6.contains("2001:2:0:1:b::".parse().unwrap()));
     }
 
     #[test]
@@ -235,6 +412,36 @@ mod tests {
             assert!(Cidr4::new("198.19.128.0".parse().unwrap(), 24).contains(p.ip), "{}", p.ip);
             assert!(!plan.services.iter().any(|s| s.cluster_ip == p.ip));
         }
+    }
+
+    #[test]
+    fn ipv6_egress_adds_an_ipv6_pod_with_v4if0() {
+        let plan = Plan::new(&cfg(&[Variant::Ipv6Egress, Variant::PrefixDelegation]));
+        let p = plan.pod("v6-1").unwrap();
+        assert!(p.is_ipv6_only());
+        assert_eq!(p.ipv6, Some("2001:2:0:1:a::".parse().unwrap()));
+        assert_eq!(plan.ip_of("v6-1"), Some("2001:2:0:1:a::".parse().unwrap()));
+        let e = p.v4_egress.as_ref().unwrap();
+        assert_eq!(
+            (e.ifname.as_str(), e.ip, e.gateway),
+            ("v4if0", Ipv4Addr::new(169, 254, 172, 2), Ipv4Addr::new(169, 254, 172, 1))
+        );
+        assert_eq!(e.snat_to, plan.node("node-a").unwrap().primary_ip());
+        assert!(plan.node("node-a").unwrap().primary().in_ipv6_prefix(p.ipv6.unwrap()));
+        let json = serde_json::to_value(p).unwrap();
+        assert!(json["ip"].is_null());
+        assert_eq!(json["v4_egress"]["host_veth"], e.host_veth.as_str());
+        // The pods file shows the IPv6 address as the API does (podIP, podIPs).
+        let pods = crate::lab::podlist::render(&plan);
+        let item =
+            pods["items"].as_array().unwrap().iter().find(|i| i["metadata"]["name"] == "v6-1").unwrap();
+        assert_eq!(item["status"]["podIP"], "2001:2:0:1:a::");
+        assert_eq!(item["status"]["podIPs"], serde_json::json!([{ "ip": "2001:2:0:1:a::" }]));
+        // The other pods are untouched by this variant (only by prefix delegation).
+        assert_eq!(
+            plan.owned_by(plan.node("node-a").unwrap(), &plan.node("node-a").unwrap().enis[0]).len(),
+            1
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The built-in EKS-node lab: a VPC router, two nodes with two ENIs each, pods, an ALB client,
 //! a VPC host and an internet host, all in network namespaces named `<prefix><member>`.
 //! Nothing outside those namespaces is touched.
+pub mod egress_cni;
 pub mod ipam_variants;
 pub mod plan;
 pub mod podlist;
@@ -149,6 +150,7 @@ impl Lab {
             eni: eni.name.clone(),
             veth: plan::host_veth_name(&self.plan.veth_prefix, "default", name),
             labels: vec![],
+            v4_egress: None,
         };
         netns::add(&pod.netns)?;
         self.adopt_netns(&pod.netns)?;
@@ -242,6 +244,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
                 netns::iptables_restore(&c.netns, rules, true)?;
             }
         }
+        ipam_variants::apply_post(&plan)?;
         let pods = podlist::render(&plan);
         std::fs::write(state_dir(&cfg.prefix).join("pods.json"), serde_json::to_string_pretty(&pods)?)?;
         Ok(())

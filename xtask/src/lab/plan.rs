@@ -7,7 +7,8 @@ use sha1::{Digest, Sha1};
 
 use super::ipam_variants;
 pub use super::{
-    ipam_variants::{Cidr4, CustomNetworking},
+    egress_cni::EgressV4,
+    ipam_variants::{Cidr4, Cidr6, CustomNetworking},
     variant::Variant,
 };
 
@@ -80,6 +81,8 @@ pub struct Eni {
     pub mac: String,
     /// /28 prefixes delegated to the ENI (prefix delegation), IMDS `ipv4-prefix`.
     pub ipv4_prefixes: Vec<Cidr4>,
+    /// IPv6 prefixes delegated to the ENI (IPv6 cluster), IMDS `ipv6-prefix`.
+    pub ipv6_prefixes: Vec<Cidr6>,
 }
 
 impl Eni {
@@ -115,6 +118,8 @@ pub struct Pod {
     pub namespace: String,
     pub netns: String,
     pub node: String,
+    /// The pod's IPv4 VPC address; 0.0.0.0 (JSON null) for an IPv6 pod, see `v4_egress`.
+    #[serde(serialize_with = "ipam_variants::ser_pod_ip")]
     pub ip: Ipv4Addr,
     pub ipv6: Option<Ipv6Addr>,
     /// Name of the ENI (on its node) that owns the pod's IP.
@@ -122,6 +127,8 @@ pub struct Pod {
     /// Host-side veth, named like the VPC CNI does.
     pub veth: String,
     pub labels: Vec<(String, String)>,
+    /// The egress-cni plugin's IPv4 interface of an IPv6 pod.
+    pub v4_egress: Option<EgressV4>,
 }
 
 /// A non-node host: alb, internet, a VPC database host.
@@ -217,6 +224,7 @@ impl Plan {
                     vpc_link: format!("{name}-{}", eni_name(dev)),
                     mac: format!("02:00:00:{letter:02x}:{dev:02x}:01"),
                     ipv4_prefixes: Vec::new(),
+                    ipv6_prefixes: Vec::new(),
                 })
                 .collect(),
         };
@@ -232,6 +240,7 @@ impl Plan {
             eni: node.enis[dev].name.clone(),
             veth: host_veth_name(&cfg.veth_prefix, "default", name),
             labels,
+            v4_egress: None,
         };
         let mut pods = vec![
             pod("web-1", &nodes[0], 0, 11, app("static")),
@@ -342,7 +351,10 @@ impl Plan {
     /// IPv4 address of a named lab member (a node's is its primary ENI IP).
     pub fn ip_of(&self, name: &str) -> Option<IpAddr> {
         self.pod(name)
-            .map(|p| IpAddr::V4(p.ip))
+            .map(|p| match p.ipv6 {
+                Some(v6) if p.ip.is_unspecified() => IpAddr::V6(v6),
+                _ => IpAddr::V4(p.ip),
+            })
             .or_else(|| self.host(name).map(|h| IpAddr::V4(h.ip)))
             .or_else(|| self.node(name).map(|n| IpAddr::V4(n.primary_ip())))
             .or_else(|| self.service(name).map(|s| IpAddr::V4(s.cluster_ip)))
@@ -352,7 +364,7 @@ impl Plan {
     pub fn owned_by(&self, node: &Node, eni: &Eni) -> Vec<Ipv4Addr> {
         let mut v = vec![eni.ip];
         // Pod IPs carved from a delegated prefix are routed as part of the prefix.
-        let own = |p: &&Pod| p.eni == eni.name && !eni.in_ipv4_prefix(p.ip);
+        let own = |p: &&Pod| p.eni == eni.name && !p.ip.is_unspecified() && !eni.in_ipv4_prefix(p.ip);
         v.extend(self.pods_on(&node.name).filter(own).map(|p| p.ip));
         v
     }

@@ -30,6 +30,9 @@ pub fn host_veth_mac(pod: &Pod) -> String {
 /// The node side of one pod, as the CNI plugin sets it up: host veth, /32 route, rule 512 and,
 /// for a secondary-ENI IP, rule 1536.
 pub fn pod_on_node(node: &super::plan::Node, pod: &Pod) -> Vec<String> {
+    if pod.is_ipv6_only() {
+        return super::egress_cni::pod_on_node(pod);
+    }
     let v = &pod.veth;
     let mut ip = vec![
         format!("link add {v} address {} type veth peer name eth0 netns {}", host_veth_mac(pod), pod.netns),
@@ -82,11 +85,12 @@ pub fn vpc(plan: &Plan) -> NsConfig {
                 ip.push(format!("route add {node_v6}/128 dev {l}"));
                 writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -s {node_v6}/128 -j RETURN").unwrap();
                 for p in plan.pods_on(&node.name).filter(|p| p.eni == eni.name) {
-                    if let Some(v6) = p.ipv6 {
+                    if let Some(v6) = p.ipv6.filter(|a| !eni.in_ipv6_prefix(*a)) {
                         ip.push(format!("route add {v6}/128 via {node_v6} dev {l}"));
                         writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -s {v6}/128 -j RETURN").unwrap();
                     }
                 }
+                super::ipam_variants::vpc_prefixes_v6(eni, node_v6, &mut ip, &mut check6);
                 writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -p ipv6-icmp -j RETURN").unwrap();
                 writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -j DROP").unwrap();
             }
@@ -162,6 +166,7 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
     for pod in plan.pods_on(&node.name) {
         ip.extend(pod_on_node(node, pod));
     }
+    sysctls.extend(super::ipam_variants::node_sysctls(plan, node));
     NsConfig {
         netns: node.netns.clone(),
         sysctls,
@@ -305,6 +310,9 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
 
 /// A pod namespace, exactly as the CNI plugin configures it.
 pub fn pod(pod: &Pod) -> NsConfig {
+    if pod.is_ipv6_only() {
+        return super::egress_cni::pod(pod);
+    }
     let mac = host_veth_mac(pod);
     let mut ip = vec![
         "link set lo up".to_string(),

@@ -13,11 +13,14 @@ pub enum Variant {
     /// AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG on node-b: its primary ENI hosts no pods; its
     /// secondary ENI sits in an ENIConfig subnet of a secondary VPC CIDR and carries every pod.
     CustomNetworking,
+    /// An IPv6 pod `v6-1` on node-a (address from an IPv6 prefix of the primary ENI, as in an
+    /// IPv6 cluster) with the egress-cni plugin's IPv4 path (`v4if0`, CNI-E4 SNAT chain).
+    Ipv6Egress,
 }
 
 impl Variant {
     /// Every variant (e.g. to find every namespace a lab may have created).
-    pub const ALL: [Variant; 2] = [Variant::PrefixDelegation, Variant::CustomNetworking];
+    pub const ALL: [Variant; 3] = [Variant::PrefixDelegation, Variant::CustomNetworking, Variant::Ipv6Egress];
 }
 
 impl std::fmt::Display for Variant {
