@@ -260,10 +260,10 @@ fn print_status(st: &lab::Status) {
         );
     }
     for n in &st.plan.nodes {
-        println!("  {} (netns {})", n.name, n.netns);
+        println!("  {} (netns {}, {}, IMDS http://169.254.169.254/)", n.name, n.netns, n.instance_type);
         for e in &n.enis {
             let table = e.table().map(|t| format!("table {t}")).unwrap_or_else(|| "main".into());
-            println!("    {:<5} {} {:<15} {}", e.name, e.mac, e.ip, table);
+            println!("    {:<5} {} {:<15} {} {}", e.name, e.mac, e.ip, table, e.interface_id);
             for p in e
                 .ipv4_prefixes
                 .iter()

@@ -239,7 +239,7 @@ fn custom_networking(plan: &mut Plan, node: &str, vpc: [u8; 2]) {
     plan.secondary_vpc_cidrs.push(vpc_cidr.to_string());
     plan.custom_networking = Some(CustomNetworking {
         node: node.into(),
-        eniconfig: "us-west-2a".into(),
+        eniconfig: super::imds::AVAILABILITY_ZONE.into(),
         vpc_cidr: vpc_cidr.to_string(),
         subnet: subnet.to_string(),
         eni: eni.name,

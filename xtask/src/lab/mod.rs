@@ -2,6 +2,7 @@
 //! a VPC host and an internet host, all in network namespaces named `<prefix><member>`.
 //! Nothing outside those namespaces is touched.
 pub mod egress_cni;
+pub mod imds;
 pub mod ipam_variants;
 pub mod plan;
 pub mod podlist;
@@ -263,7 +264,9 @@ pub fn start_servers(plan: &Plan) -> Result<servers::Servers> {
     for h in plan.hosts.iter().filter(|h| h.name != "alb") {
         targets.push((h.name.clone(), h.netns.clone()));
     }
-    servers::start(&targets, &plan::SERVER_PORTS)
+    let mut s = servers::start(&targets, &plan::SERVER_PORTS)?;
+    imds::start(plan, &mut s)?;
+    Ok(s)
 }
 
 /// Removes everything a lab with this prefix created, also after a half-failed `up`.

@@ -5,12 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
-use super::ipam_variants;
 pub use super::{
     egress_cni::EgressV4,
     ipam_variants::{Cidr4, Cidr6, CustomNetworking},
     variant::Variant,
 };
+use super::{imds, ipam_variants};
 
 pub const DEFAULT_VETH_PREFIX: &str = "eni";
 
@@ -79,6 +79,8 @@ pub struct Eni {
     /// The link's name on the VPC router side.
     pub vpc_link: String,
     pub mac: String,
+    /// The ENI's ID (IMDS `interface-id`).
+    pub interface_id: String,
     /// /28 prefixes delegated to the ENI (prefix delegation), IMDS `ipv4-prefix`.
     pub ipv4_prefixes: Vec<Cidr4>,
     /// IPv6 prefixes delegated to the ENI (IPv6 cluster), IMDS `ipv6-prefix`.
@@ -101,6 +103,9 @@ pub struct Node {
     /// Namespace name (with prefix).
     pub netns: String,
     pub enis: Vec<Eni>,
+    /// IMDS `instance-id` and `instance-type`.
+    pub instance_id: String,
+    pub instance_type: String,
 }
 
 impl Node {
@@ -223,10 +228,13 @@ impl Plan {
                     gateway: ip(dev + 1, 1),
                     vpc_link: format!("{name}-{}", eni_name(dev)),
                     mac: format!("02:00:00:{letter:02x}:{dev:02x}:01"),
+                    interface_id: imds::aws_id("eni", &format!("{name}/{dev}")),
                     ipv4_prefixes: Vec::new(),
                     ipv6_prefixes: Vec::new(),
                 })
                 .collect(),
+            instance_id: imds::aws_id("i", name),
+            instance_type: imds::INSTANCE_TYPE.into(),
         };
         let nodes = vec![node("node-a", 0xa, 10), node("node-b", 0xb, 20)];
         let app = |v: &str| vec![("app".to_string(), v.to_string())];

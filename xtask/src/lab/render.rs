@@ -127,7 +127,7 @@ pub fn vpc(plan: &Plan) -> NsConfig {
 pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
     let node = plan.node(node_name).expect("node in plan");
     let primary = node.primary();
-    let mut ip = vec!["link set lo up".to_string()];
+    let mut ip = vec!["link set lo up".to_string(), super::imds::node_ip_line()];
     let mut sysctls = vec![
         sysctl("net.ipv4.ip_forward", "1"),
         // Amazon Linux defaults to strict reverse path filtering ...
