@@ -20,11 +20,15 @@ pub enum LabCmd {
         /// Also give web-1 and db IPv6 addresses (2001:2::/48).
         #[arg(long)]
         ipv6: bool,
+        /// Host veth name prefix (AWS_VPC_K8S_CNI_VETHPREFIX, at most 4 characters).
+        #[arg(long, default_value = "eni")]
+        veth_prefix: String,
         /// Datapath variants, comma-separated: sgp-strict | sgp-standard (Security Groups for
         /// Pods: trunk ENI, pod sgp-1 on a branch ENI), npa (network policy agent stand-in:
-        /// tc filters dropping TCP to port 9090 on every pod veth).
-        #[arg(long, value_enum, value_delimiter = ',')]
-        variant: Vec<Variant>,
+        /// tc filters dropping TCP to port 9090 on every pod veth), prefix-delegation,
+        /// custom-networking, ipv6-egress (see eks-variants.md).
+        #[arg(long = "variant", value_enum, value_delimiter = ',')]
+        variants: Vec<Variant>,
     },
     /// Remove every namespace, link and rule of the lab (also after a half-failed `up`).
     Down {
@@ -72,6 +76,9 @@ pub enum LabCmd {
         /// Payload bytes per request.
         #[arg(long, default_value_t = 64)]
         payload: usize,
+        /// Send to the member's IPv6 address (pods, hosts, nodes' primary ENI).
+        #[arg(long)]
+        v6: bool,
     },
     /// (internal) Serve the echo servers of a lab until terminated; started by `up`.
     #[command(hide = true)]
@@ -96,9 +103,10 @@ pub enum Proto {
 
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up { prefix, etp, eni_names, ipv6, variant } => {
-            let variants = lab::variant::normalize(&variant);
-            let cfg = LabConfig { prefix, etp, eni_names, ipv6, variants, ..LabConfig::default() };
+        LabCmd::Up { prefix, etp, eni_names, ipv6, veth_prefix, variants } => {
+            let variants = lab::variant::normalize(&variants);
+            let cfg =
+                LabConfig { prefix, etp, eni_names, ipv6, veth_prefix, variants, ..LabConfig::default() };
             up(&cfg)
         }
         LabCmd::Down { prefix } => {
@@ -121,10 +129,10 @@ pub fn run(cmd: LabCmd) -> Result<()> {
             let err = Command::new("ip").args(["netns", "exec", &ns]).args(&cmd).exec();
             Err(anyhow!(err).context("exec"))
         }
-        LabCmd::Traffic { prefix, from, to, via, node, proto, count, concurrency, payload } => {
+        LabCmd::Traffic { prefix, from, to, via, node, proto, count, concurrency, payload, v6 } => {
             let plan = Plan::new(&Saved::load(&prefix)?.config());
             let from_ns = plan.netns_of(&from).ok_or_else(|| anyhow!("no lab member {from}"))?;
-            let targets = resolve(&plan, &to, via, &node)?;
+            let targets = if v6 { resolve_v6(&plan, &to)? } else { resolve(&plan, &to, via, &node)? };
             for target in targets {
                 match proto {
                     Proto::Tcp => {
@@ -152,6 +160,7 @@ fn up(cfg: &LabConfig) -> Result<()> {
             s.etp == cfg.etp
                 && s.eni_names == cfg.eni_names
                 && s.ipv6 == cfg.ipv6
+                && s.veth_prefix == cfg.veth_prefix
                 && s.variants == cfg.variants
         });
         if st.up && same && server_alive(&cfg.prefix) {
@@ -212,6 +221,16 @@ fn serve(prefix: &str) -> Result<()> {
     }
 }
 
+/// `member[:port]` → the member's IPv6 address.
+fn resolve_v6(plan: &Plan, to: &str) -> Result<Vec<SocketAddr>> {
+    let (name, port) = match to.rsplit_once(':') {
+        Some((n, p)) => (n, p.parse::<u16>().context("port")?),
+        None => (to, 8080),
+    };
+    let ip = plan.ipv6_of(name).ok_or_else(|| anyhow!("lab member {name} has no IPv6 address"))?;
+    Ok(vec![SocketAddr::new(ip.into(), port)])
+}
+
 /// `member[:port]` or a service name → the addresses to send to.
 fn resolve(plan: &Plan, to: &str, via: Option<Via>, node: &str) -> Result<Vec<SocketAddr>> {
     let (name, port) = match to.rsplit_once(':') {
@@ -248,13 +267,38 @@ fn print_status(st: &lab::Status) {
         if st.up { "up" } else { "DOWN or partial" },
         st.etp
     );
+    if !st.plan.variants.is_empty() || st.plan.veth_prefix != "eni" {
+        let v: Vec<String> = st.plan.variants.iter().map(ToString::to_string).collect();
+        println!("  variants [{}], veth prefix {:?}", v.join(","), st.plan.veth_prefix);
+    }
+    if let Some(cn) = &st.plan.custom_networking {
+        println!(
+            "  custom networking: {} {} in ENIConfig {} subnet {} (VPC CIDR {})",
+            cn.node, cn.eni, cn.eniconfig, cn.subnet, cn.vpc_cidr
+        );
+    }
     for n in &st.plan.nodes {
-        println!("  {} (netns {})", n.name, n.netns);
+        println!("  {} (netns {}, {}, IMDS http://169.254.169.254/)", n.name, n.netns, n.instance_type);
         for e in &n.enis {
             let table = e.table().map(|t| format!("table {t}")).unwrap_or_else(|| "main".into());
-            println!("    {:<5} {} {:<15} {}", e.name, e.mac, e.ip, table);
+            println!("    {:<5} {} {:<15} {} {}", e.name, e.mac, e.ip, table, e.interface_id);
+            for p in e
+                .ipv4_prefixes
+                .iter()
+                .map(ToString::to_string)
+                .chain(e.ipv6_prefixes.iter().map(ToString::to_string))
+            {
+                println!("      prefix {p}");
+            }
             for p in st.plan.pods_on(&n.name).filter(|p| p.eni == e.name) {
-                println!("      pod {:<6} {:<15} veth {}", p.name, p.ip, p.veth);
+                let ip = st.plan.ip_of(&p.name).map(|i| i.to_string()).unwrap_or_default();
+                println!("      pod {:<6} {:<15} veth {}", p.name, ip, p.veth);
+                if let Some(v4) = &p.v4_egress {
+                    println!(
+                        "        {} {}/{} host veth {} SNAT chain {} -> {}",
+                        v4.ifname, v4.ip, v4.prefix_len, v4.host_veth, v4.snat_chain, v4.snat_to
+                    );
+                }
             }
         }
     }

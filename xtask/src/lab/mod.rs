@@ -1,6 +1,9 @@
 //! The built-in EKS-node lab: a VPC router, two nodes with two ENIs each, pods, an ALB client,
 //! a VPC host and an internet host, all in network namespaces named `<prefix><member>`.
 //! Nothing outside those namespaces is touched.
+pub mod egress_cni;
+pub mod imds;
+pub mod ipam_variants;
 pub mod npa;
 pub mod plan;
 pub mod podlist;
@@ -41,8 +44,14 @@ pub struct Saved {
     /// Namespaces added after `up` (e.g. by tests creating pods); removed by `down`.
     #[serde(default)]
     pub extra_netns: Vec<String>,
+    #[serde(default = "default_veth_prefix")]
+    pub veth_prefix: String,
     #[serde(default)]
     pub variants: Vec<Variant>,
+}
+
+fn default_veth_prefix() -> String {
+    plan::DEFAULT_VETH_PREFIX.into()
 }
 
 impl Saved {
@@ -53,6 +62,7 @@ impl Saved {
             eni_names: self.eni_names,
             vpc: self.vpc,
             ipv6: self.ipv6,
+            veth_prefix: self.veth_prefix.clone(),
             variants: self.variants.clone(),
         }
     }
@@ -149,8 +159,9 @@ impl Lab {
             ip: std::net::Ipv4Addr::new(o[0], o[1], o[2], host),
             ipv6: None,
             eni: eni.name.clone(),
-            veth: plan::veth_name("default", name),
+            veth: plan::host_veth_name(&self.plan.veth_prefix, "default", name),
             labels: vec![],
+            v4_egress: None,
         };
         netns::add(&pod.netns)?;
         self.adopt_netns(&pod.netns)?;
@@ -214,6 +225,7 @@ impl Drop for Lab {
 /// On failure, everything created so far is removed again.
 pub fn build(cfg: &LabConfig) -> Result<Plan> {
     variant::validate(&cfg.variants)?;
+    ipam_variants::check_veth_prefix(&cfg.veth_prefix)?;
     let plan = Plan::new(cfg);
     down(&cfg.prefix)?;
     let saved = Saved {
@@ -223,6 +235,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
         vpc: cfg.vpc,
         ipv6: cfg.ipv6,
         extra_netns: Vec::new(),
+        veth_prefix: cfg.veth_prefix.clone(),
         variants: cfg.variants.clone(),
     };
     saved.store()?;
@@ -246,6 +259,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
                 netns::iptables_restore(&c.netns, rules, true)?;
             }
         }
+        ipam_variants::apply_post(&plan)?;
         sgp::apply_link_sysctls(&plan)?;
         if plan.has(Variant::Npa) {
             npa::attach_all(&plan)?;
@@ -268,7 +282,9 @@ pub fn start_servers(plan: &Plan) -> Result<servers::Servers> {
     for h in plan.hosts.iter().filter(|h| h.name != "alb") {
         targets.push((h.name.clone(), h.netns.clone()));
     }
-    servers::start(&targets, &plan::SERVER_PORTS)
+    let mut s = servers::start(&targets, &plan::SERVER_PORTS)?;
+    imds::start(plan, &mut s)?;
+    Ok(s)
 }
 
 /// Removes everything a lab with this prefix created, also after a half-failed `up`.
@@ -285,7 +301,7 @@ pub fn down(prefix: &str) -> Result<()> {
     // remove those of every variant.
     let cfg = saved.map(|s| s.config()).unwrap_or_else(|| LabConfig {
         prefix: prefix.to_string(),
-        variants: vec![Variant::SgpStrict, Variant::Npa],
+        variants: Variant::ALL.iter().copied().filter(|v| *v != Variant::SgpStandard).collect(),
         ..LabConfig::default()
     });
     let plan = Plan::new(&cfg);

@@ -5,6 +5,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 use sha1::{Digest, Sha1};
 
+pub use super::{
+    egress_cni::EgressV4,
+    ipam_variants::{Cidr4, Cidr6, CustomNetworking},
+    variant::Variant,
+};
+use super::{imds, ipam_variants};
+
+pub const DEFAULT_VETH_PREFIX: &str = "eni";
+
 /// externalTrafficPolicy of the NodePort service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -31,8 +40,16 @@ pub struct LabConfig {
     pub vpc: [u8; 2],
     /// Also give web-1 and the db host IPv6 addresses.
     pub ipv6: bool,
-    /// Datapath variants (SGP, network policy agent, ...), see `variant.rs`.
-    pub variants: Vec<super::variant::Variant>,
+    /// AWS_VPC_K8S_CNI_VETHPREFIX: host veths are `<prefix>` + 11 hex (1 to 4 characters).
+    pub veth_prefix: String,
+    /// Datapath variants (SGP, network policy agent, prefix delegation, ...), see `variant.rs`.
+    pub variants: Vec<Variant>,
+}
+
+impl LabConfig {
+    pub fn has(&self, v: Variant) -> bool {
+        self.variants.contains(&v)
+    }
 }
 
 impl Default for LabConfig {
@@ -43,6 +60,7 @@ impl Default for LabConfig {
             eni_names: EniNames::Eth,
             vpc: [198, 18],
             ipv6: false,
+            veth_prefix: DEFAULT_VETH_PREFIX.into(),
             variants: Vec::new(),
         }
     }
@@ -62,6 +80,12 @@ pub struct Eni {
     /// The link's name on the VPC router side.
     pub vpc_link: String,
     pub mac: String,
+    /// The ENI's ID (IMDS `interface-id`).
+    pub interface_id: String,
+    /// /28 prefixes delegated to the ENI (prefix delegation), IMDS `ipv4-prefix`.
+    pub ipv4_prefixes: Vec<Cidr4>,
+    /// IPv6 prefixes delegated to the ENI (IPv6 cluster), IMDS `ipv6-prefix`.
+    pub ipv6_prefixes: Vec<Cidr6>,
 }
 
 impl Eni {
@@ -80,6 +104,9 @@ pub struct Node {
     /// Namespace name (with prefix).
     pub netns: String,
     pub enis: Vec<Eni>,
+    /// IMDS `instance-id` and `instance-type`.
+    pub instance_id: String,
+    pub instance_type: String,
 }
 
 impl Node {
@@ -97,6 +124,8 @@ pub struct Pod {
     pub namespace: String,
     pub netns: String,
     pub node: String,
+    /// The pod's IPv4 VPC address; 0.0.0.0 (JSON null) for an IPv6 pod, see `v4_egress`.
+    #[serde(serialize_with = "ipam_variants::ser_pod_ip")]
     pub ip: Ipv4Addr,
     pub ipv6: Option<Ipv6Addr>,
     /// Name of the ENI (on its node) that owns the pod's IP.
@@ -104,6 +133,8 @@ pub struct Pod {
     /// Host-side veth, named like the VPC CNI does.
     pub veth: String,
     pub labels: Vec<(String, String)>,
+    /// The egress-cni plugin's IPv4 interface of an IPv6 pod.
+    pub v4_egress: Option<EgressV4>,
 }
 
 /// A non-node host: alb, internet, a VPC database host.
@@ -152,18 +183,28 @@ pub struct Plan {
     pub pods: Vec<Pod>,
     pub hosts: Vec<Host>,
     pub services: Vec<Service>,
-    pub variants: Vec<super::variant::Variant>,
+    pub veth_prefix: String,
+    pub variants: Vec<Variant>,
     /// Trunk and branch ENIs (`--variant sgp-strict|sgp-standard`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sgp: Option<super::sgp::Sgp>,
+    /// VPC CIDRs besides `vpc_cidr` (IMDS `vpc-ipv4-cidr-blocks` lists all of them).
+    pub secondary_vpc_cidrs: Vec<String>,
+    pub custom_networking: Option<CustomNetworking>,
 }
 
 /// `eni` + the first 11 hex characters of sha1("<namespace>.<pod>"), as the VPC CNI names
 /// host veths (pkg/networkutils/names.go).
 pub fn veth_name(namespace: &str, pod: &str) -> String {
+    host_veth_name(DEFAULT_VETH_PREFIX, namespace, pod)
+}
+
+/// `<veth prefix>` + the first 11 hex characters of sha1("<namespace>.<pod>")
+/// (amazon-vpc-cni-k8s pkg/networkutils/names.go, GeneratePodHostVethName).
+pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
     let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("eni{}", &hex[..11])
+    format!("{prefix}{}", &hex[..11])
 }
 
 /// The lab's IPv6 prefix: 2001:2::/48 is reserved for benchmarking (RFC 5180).
@@ -192,8 +233,13 @@ impl Plan {
                     gateway: ip(dev + 1, 1),
                     vpc_link: format!("{name}-{}", eni_name(dev)),
                     mac: format!("02:00:00:{letter:02x}:{dev:02x}:01"),
+                    interface_id: imds::aws_id("eni", &format!("{name}/{dev}")),
+                    ipv4_prefixes: Vec::new(),
+                    ipv6_prefixes: Vec::new(),
                 })
                 .collect(),
+            instance_id: imds::aws_id("i", name),
+            instance_type: imds::INSTANCE_TYPE.into(),
         };
         let nodes = vec![node("node-a", 0xa, 10), node("node-b", 0xb, 20)];
         let app = |v: &str| vec![("app".to_string(), v.to_string())];
@@ -205,8 +251,9 @@ impl Plan {
             ip: ip(dev as u8 + 1, host),
             ipv6: None,
             eni: node.enis[dev].name.clone(),
-            veth: veth_name("default", name),
+            veth: host_veth_name(&cfg.veth_prefix, "default", name),
             labels,
+            v4_egress: None,
         };
         let mut pods = vec![
             pod("web-1", &nodes[0], 0, 11, app("static")),
@@ -264,9 +311,13 @@ impl Plan {
             pods,
             hosts,
             services,
+            veth_prefix: cfg.veth_prefix.clone(),
             variants: cfg.variants.clone(),
             sgp: None,
+            secondary_vpc_cidrs: Vec::new(),
+            custom_networking: None,
         };
+        ipam_variants::apply(cfg, &mut plan);
         super::sgp::extend(&mut plan, cfg);
         plan
     }
@@ -315,7 +366,10 @@ impl Plan {
     /// IPv4 address of a named lab member (a node's is its primary ENI IP).
     pub fn ip_of(&self, name: &str) -> Option<IpAddr> {
         self.pod(name)
-            .map(|p| IpAddr::V4(p.ip))
+            .map(|p| match p.ipv6 {
+                Some(v6) if p.ip.is_unspecified() => IpAddr::V6(v6),
+                _ => IpAddr::V4(p.ip),
+            })
             .or_else(|| self.host(name).map(|h| IpAddr::V4(h.ip)))
             .or_else(|| self.node(name).map(|n| IpAddr::V4(n.primary_ip())))
             .or_else(|| self.service(name).map(|s| IpAddr::V4(s.cluster_ip)))
@@ -324,7 +378,9 @@ impl Plan {
     /// IPs owned by one node ENI (its own IP and the pod IPs it carries), as the VPC sees it.
     pub fn owned_by(&self, node: &Node, eni: &Eni) -> Vec<Ipv4Addr> {
         let mut v = vec![eni.ip];
-        v.extend(self.pods_on(&node.name).filter(|p| p.eni == eni.name).map(|p| p.ip));
+        // Pod IPs carved from a delegated prefix are routed as part of the prefix.
+        let own = |p: &&Pod| p.eni == eni.name && !p.ip.is_unspecified() && !eni.in_ipv4_prefix(p.ip);
+        v.extend(self.pods_on(&node.name).filter(own).map(|p| p.ip));
         v
     }
 }

@@ -16,6 +16,12 @@ pub fn render(plan: &Plan) -> Value {
             if let Some(v6) = p.ipv6 {
                 pod_ips.push(json!({ "ip": v6.to_string() }));
             }
+            // An IPv6 pod (IPv6 cluster): podIP and podIPs carry the IPv6 address only (its
+            // v4if0 address is not the API's business).
+            if p.is_ipv6_only() {
+                pod_ips.remove(0);
+            }
+            let pod_ip = pod_ips[0]["ip"].clone();
             let mut pod = json!({
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -38,7 +44,7 @@ pub fn render(plan: &Plan) -> Value {
                     "phase": "Running",
                     "hostIP": node.primary_ip().to_string(),
                     "hostIPs": [{ "ip": node.primary_ip().to_string() }],
-                    "podIP": p.ip.to_string(),
+                    "podIP": pod_ip,
                     "podIPs": pod_ips,
                 },
             });

@@ -30,6 +30,9 @@ pub fn host_veth_mac(pod: &Pod) -> String {
 /// The node side of one pod, as the CNI plugin sets it up: host veth, /32 route, rule 512 and,
 /// for a secondary-ENI IP, rule 1536.
 pub fn pod_on_node(node: &super::plan::Node, pod: &Pod) -> Vec<String> {
+    if pod.is_ipv6_only() {
+        return super::egress_cni::pod_on_node(pod);
+    }
     let v = &pod.veth;
     let mut ip = vec![
         format!("link add {v} address {} type veth peer name eth0 netns {}", host_veth_mac(pod), pod.netns),
@@ -68,6 +71,7 @@ pub fn vpc(plan: &Plan) -> NsConfig {
             for owned in plan.owned_by(node, eni) {
                 writeln!(check, "-A VPC-SRC-DST-CHECK -i {l} -s {owned}/32 -j RETURN").unwrap();
             }
+            super::ipam_variants::vpc_prefixes(eni, &mut ip, &mut check);
             writeln!(
                 check,
                 "-A VPC-SRC-DST-CHECK -i {l} -m comment --comment \"src/dst check {} {}\" -j DROP",
@@ -81,11 +85,12 @@ pub fn vpc(plan: &Plan) -> NsConfig {
                 ip.push(format!("route add {node_v6}/128 dev {l}"));
                 writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -s {node_v6}/128 -j RETURN").unwrap();
                 for p in plan.pods_on(&node.name).filter(|p| p.eni == eni.name) {
-                    if let Some(v6) = p.ipv6 {
+                    if let Some(v6) = p.ipv6.filter(|a| !eni.in_ipv6_prefix(*a)) {
                         ip.push(format!("route add {v6}/128 via {node_v6} dev {l}"));
                         writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -s {v6}/128 -j RETURN").unwrap();
                     }
                 }
+                super::ipam_variants::vpc_prefixes_v6(eni, node_v6, &mut ip, &mut check6);
                 writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -p ipv6-icmp -j RETURN").unwrap();
                 writeln!(check6, "-A VPC-SRC-DST-CHECK -i {l} -j DROP").unwrap();
             }
@@ -125,7 +130,7 @@ pub fn vpc(plan: &Plan) -> NsConfig {
 pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
     let node = plan.node(node_name).expect("node in plan");
     let primary = node.primary();
-    let mut ip = vec!["link set lo up".to_string()];
+    let mut ip = vec!["link set lo up".to_string(), super::imds::node_ip_line()];
     let mut sysctls = vec![
         sysctl("net.ipv4.ip_forward", "1"),
         // Amazon Linux defaults to strict reverse path filtering ...
@@ -169,6 +174,7 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
     }
     // Security Groups for Pods: local rule move and branch-ENI pods (--variant sgp-*).
     ip.extend(super::sgp::node(plan, &node.name));
+    sysctls.extend(super::ipam_variants::node_sysctls(plan, node));
     NsConfig {
         netns: node.netns.clone(),
         sysctls,
@@ -182,11 +188,12 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
 pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
     let node = plan.node(node_name).expect("node in plan");
     let eth0 = &node.primary().name;
-    let vpc = &plan.vpc_cidr;
+    let veths = format!("{}+", plan.veth_prefix);
     let mut s = String::new();
     s += "*mangle\n:PREROUTING ACCEPT [0:0]\n";
     writeln!(s, "-A PREROUTING -i {eth0} -m comment --comment \"AWS, primary ENI\" -m addrtype --dst-type LOCAL --limit-iface-in -j CONNMARK --set-xmark 0x80/0x80").unwrap();
-    s += "-A PREROUTING -i eni+ -m comment --comment \"AWS, primary ENI\" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80\n";
+    // network.go buildIptablesSNATRules: `-i <AWS_VPC_K8S_CNI_VETHPREFIX>+`.
+    writeln!(s, "-A PREROUTING -i {veths} -m comment --comment \"AWS, primary ENI\" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80").unwrap();
     s += "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n";
     for chain in [
         "AWS-SNAT-CHAIN-0",
@@ -212,18 +219,27 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
         }
     }
     s += "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
-    s += "-A PREROUTING -i eni+ -m comment --comment \"AWS, outbound connections\" -j AWS-CONNMARK-CHAIN-0\n";
+    writeln!(
+        s,
+        "-A PREROUTING -i {veths} -m comment --comment \"AWS, outbound connections\" -j AWS-CONNMARK-CHAIN-0"
+    )
+    .unwrap();
     s += "-A PREROUTING -m comment --comment \"AWS, CONNMARK\" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80\n";
     s += "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
     s += "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n";
     s += "-A POSTROUTING -m comment --comment \"AWS SNAT CHAIN\" -j AWS-SNAT-CHAIN-0\n";
-    writeln!(s, "-A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment \"AWS SNAT CHAIN\" -j RETURN").unwrap();
+    // A RETURN for every VPC CIDR, secondary ones too (network.go buildIptablesSNATRules; ipamd
+    // reads them from IMDS vpc-ipv4-cidr-blocks, pkg/awsutils/imds.go GetVPCIPv4CIDRBlocks).
+    for vpc in plan.vpc_cidrs() {
+        writeln!(s, "-A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment \"AWS SNAT CHAIN\" -j RETURN")
+            .unwrap();
+    }
     writeln!(s, "-A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment \"AWS, SNAT\" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {} --random-fully", node.primary_ip()).unwrap();
-    writeln!(
-        s,
-        "-A AWS-CONNMARK-CHAIN-0 -d {vpc} -m comment --comment \"AWS CONNMARK CHAIN, VPC CIDR\" -j RETURN"
-    )
-    .unwrap();
+    // iptables_connmark.go buildRules: a RETURN per VPC CIDR.
+    for vpc in plan.vpc_cidrs() {
+        writeln!(s, "-A AWS-CONNMARK-CHAIN-0 -d {vpc} -m comment --comment \"AWS CONNMARK CHAIN\" -j RETURN")
+            .unwrap();
+    }
     s += "-A AWS-CONNMARK-CHAIN-0 -m comment --comment \"AWS, CONNMARK\" -j CONNMARK --set-xmark 0x80/0x80\n";
     s += "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n";
     s += "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n";
@@ -302,6 +318,9 @@ pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
 
 /// A pod namespace, exactly as the CNI plugin configures it.
 pub fn pod(pod: &Pod) -> NsConfig {
+    if pod.is_ipv6_only() {
+        return super::egress_cni::pod(pod);
+    }
     let mac = host_veth_mac(pod);
     let mut ip = vec![
         "link set lo up".to_string(),

@@ -22,7 +22,7 @@ use anyhow::{Context, Result};
 
 use crate::netns;
 
-const POLL: Duration = Duration::from_millis(200);
+pub(crate) const POLL: Duration = Duration::from_millis(200);
 pub const WHO: &[u8] = b"WHO?";
 
 /// Running servers; stopping (or dropping) joins every thread.
@@ -32,6 +32,13 @@ pub struct Servers {
 }
 
 impl Servers {
+    /// Runs another server loop (e.g. the IMDS stand-in) on its own thread; it must return
+    /// within `POLL` of `stop` turning true.
+    pub fn spawn(&mut self, f: impl FnOnce(&AtomicBool) + Send + 'static) {
+        let stop = self.stop.clone();
+        self.threads.push(std::thread::spawn(move || f(&stop)));
+    }
+
     pub fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {
@@ -70,7 +77,7 @@ pub fn start(targets: &[(String, String)], ports: &[u16]) -> Result<Servers> {
 }
 
 /// accept(2) honours SO_RCVTIMEO: the accept loop wakes up to notice `stop`.
-fn set_accept_timeout(l: &TcpListener) -> Result<()> {
+pub(crate) fn set_accept_timeout(l: &TcpListener) -> Result<()> {
     let tv = libc::timeval { tv_sec: 0, tv_usec: POLL.as_micros() as libc::suseconds_t };
     // SAFETY: valid fd and a correctly sized timeval.
     let rc = unsafe {

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{
-    plan::{Eni, EniNames, Etp, LabConfig, Plan, Pod, Service, ServicePort, veth_name},
+    plan::{Eni, EniNames, Etp, LabConfig, Plan, Pod, Service, ServicePort},
     render::host_veth_mac,
     variant::{self, SgpMode},
 };
@@ -103,11 +103,10 @@ pub fn vlan_link_name(vlan_id: u16) -> String {
 /// The host veth of a branch-ENI pod: cni.go names it with the prefix of
 /// pkg/sgpp/utils.go BuildHostVethNamePrefix ("vlan" in strict mode, the normal "eni" in
 /// standard mode) + 11 hex chars of sha1("<ns>.<pod>") (pkg/networkutils/names.go).
-pub fn host_veth_name(mode: SgpMode, namespace: &str, pod: &str) -> String {
-    let eni = veth_name(namespace, pod);
+pub fn host_veth_name(mode: SgpMode, veth_prefix: &str, namespace: &str, pod: &str) -> String {
     match mode {
-        SgpMode::Strict => format!("vlan{}", &eni[3..]),
-        SgpMode::Standard => eni,
+        SgpMode::Strict => super::plan::host_veth_name("vlan", namespace, pod),
+        SgpMode::Standard => super::plan::host_veth_name(veth_prefix, namespace, pod),
     }
 }
 
@@ -140,9 +139,13 @@ pub fn extend(plan: &mut Plan, cfg: &LabConfig) {
         gateway: primary.gateway,
         vpc_link: format!("{}-{name}", node.name),
         mac: format!("02:00:00:{node_octet}:{device:02x}:01"),
+        interface_id: format!("eni-0{node_id:x}{:015x}", device),
+        // The trunk ENI carries branch ENIs, never pod IPs or prefixes.
+        ipv4_prefixes: Vec::new(),
+        ipv6_prefixes: Vec::new(),
     };
     let trunk = Trunk {
-        eni_id: format!("eni-0{node_id:x}{:015x}", device),
+        eni_id: trunk_eni.interface_id.clone(),
         name: name.clone(),
         device,
         ip: trunk_eni.ip,
@@ -166,7 +169,7 @@ pub fn extend(plan: &mut Plan, cfg: &LabConfig) {
         vlan_link_kind: "macvlan".into(),
         parent: name,
         table: 100 + VLAN_ID as u32,
-        veth: host_veth_name(mode, "default", SGP_POD),
+        veth: host_veth_name(mode, &cfg.veth_prefix, "default", SGP_POD),
     };
     plan.pods.push(Pod {
         name: branch.pod.clone(),
@@ -179,6 +182,7 @@ pub fn extend(plan: &mut Plan, cfg: &LabConfig) {
         eni: branch.vlan_link.clone(),
         veth: branch.veth.clone(),
         labels: vec![("app".into(), "sgp".into())],
+        v4_egress: None,
     });
     // A service backed by the SGP pod: ClusterIP from other pods, NodePort from the ALB.
     // externalTrafficPolicy Local is not supported for SGP pods in strict mode (the reply leaves
@@ -427,10 +431,10 @@ mod tests {
 
     #[test]
     fn veth_names_per_mode() {
-        let strict = host_veth_name(SgpMode::Strict, "default", "sgp-1");
-        let standard = host_veth_name(SgpMode::Standard, "default", "sgp-1");
+        let strict = host_veth_name(SgpMode::Strict, "eni", "default", "sgp-1");
+        let standard = host_veth_name(SgpMode::Standard, "eni", "default", "sgp-1");
         assert!(strict.starts_with("vlan") && strict.len() == 15, "{strict}");
-        assert_eq!(standard, veth_name("default", "sgp-1"));
+        assert_eq!(standard, super::super::plan::veth_name("default", "sgp-1"));
         assert_eq!(strict[4..], standard[3..]);
         // sha1("default.sgp-1"), first 11 hex chars.
         assert_eq!(standard, "eniec248c5eb6e");
