@@ -166,6 +166,15 @@ fn up(cfg: &LabConfig) -> Result<()> {
             .context("starting the lab echo servers")?
     };
     std::fs::write(lab::state_dir(&cfg.prefix).join("serve.pid"), child.id().to_string())?;
+    // Return only once every echo server listens, so that traffic right after `up` succeeds.
+    let ready = lab::state_dir(&cfg.prefix).join("serve.ready");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !ready.exists() {
+        if std::time::Instant::now() > deadline {
+            bail!("the lab's echo servers did not start within 20 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     print_status(&lab::status(&plan.prefix)?);
     Ok(())
 }
@@ -180,6 +189,7 @@ fn server_alive(prefix: &str) -> bool {
 fn serve(prefix: &str) -> Result<()> {
     let plan = Plan::new(&Saved::load(prefix)?.config());
     let _servers = lab::start_servers(&plan)?;
+    std::fs::write(lab::state_dir(prefix).join("serve.ready"), "")?;
     // Park until SIGTERM (default action ends the process; sockets close with it).
     loop {
         std::thread::park();
