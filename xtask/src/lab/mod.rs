@@ -1,6 +1,10 @@
 //! The built-in EKS-node lab: a VPC router, two nodes with two ENIs each, pods, an ALB client,
 //! a VPC host and an internet host, all in network namespaces named `<prefix><member>`.
 //! Nothing outside those namespaces is touched.
+pub mod aws_cni;
+pub mod kube_proxy_iptables;
+pub mod kube_proxy_nft;
+pub mod nat_config;
 pub mod plan;
 pub mod podlist;
 pub mod render;
@@ -15,6 +19,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+pub use nat_config::{CniConnmark, IptablesBackend, KubeProxyMode, NatOptions, RandomizeSnat};
 pub use plan::{EniNames, Etp, LabConfig, Plan};
 
 use crate::netns;
@@ -37,6 +42,9 @@ pub struct Saved {
     /// Namespaces added after `up` (e.g. by tests creating pods); removed by `down`.
     #[serde(default)]
     pub extra_netns: Vec<String>,
+    /// kube-proxy mode, iptables backend, VPC CNI SNAT options (absent in older state files).
+    #[serde(default, flatten)]
+    pub nat: NatOptions,
 }
 
 impl Saved {
@@ -47,6 +55,7 @@ impl Saved {
             eni_names: self.eni_names,
             vpc: self.vpc,
             ipv6: self.ipv6,
+            nat: self.nat.clone(),
         }
     }
 
@@ -196,6 +205,7 @@ impl Drop for Lab {
 /// Creates every namespace, link, address, route, rule and iptables rule of the plan.
 /// On failure, everything created so far is removed again.
 pub fn build(cfg: &LabConfig) -> Result<Plan> {
+    cfg.nat.validate()?;
     let plan = Plan::new(cfg);
     down(&cfg.prefix)?;
     let saved = Saved {
@@ -205,6 +215,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
         vpc: cfg.vpc,
         ipv6: cfg.ipv6,
         extra_netns: Vec::new(),
+        nat: cfg.nat.clone(),
     };
     saved.store()?;
     let result = (|| -> Result<()> {
@@ -221,7 +232,10 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
             netns::ip_batch(&c.netns, &c.ip)?;
             netns::sysctls(&c.netns, &per_link)?;
             if let Some(rules) = &c.iptables {
-                netns::iptables_restore(&c.netns, rules, false)?;
+                netns::iptables_restore_with(&c.netns, rules, c.iptables_backend.restore_tool())?;
+            }
+            if let Some(tables) = &c.nft {
+                netns::nft_apply(&c.netns, tables)?;
             }
             if let Some(rules) = &c.ip6tables {
                 netns::iptables_restore(&c.netns, rules, true)?;

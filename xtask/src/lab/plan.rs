@@ -21,7 +21,7 @@ pub enum EniNames {
     Ens,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LabConfig {
     /// Prefix of every namespace name, so labs never collide with each other or the user's.
     pub prefix: String,
@@ -31,6 +31,8 @@ pub struct LabConfig {
     pub vpc: [u8; 2],
     /// Also give web-1 and the db host IPv6 addresses.
     pub ipv6: bool,
+    /// kube-proxy mode, iptables backend and the VPC CNI's SNAT options.
+    pub nat: super::nat_config::NatOptions,
 }
 
 impl Default for LabConfig {
@@ -41,6 +43,7 @@ impl Default for LabConfig {
             eni_names: EniNames::Eth,
             vpc: [198, 18],
             ipv6: false,
+            nat: Default::default(),
         }
     }
 }
@@ -117,6 +120,9 @@ pub struct Host {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ServicePort {
+    /// Port name; empty for the single unnamed port of a service (kube-proxy then prints
+    /// `default/web`, else `default/api:http`).
+    pub name: String,
     pub proto: String,
     pub port: u16,
     pub target_port: u16,
@@ -148,6 +154,7 @@ pub struct Plan {
     pub pods: Vec<Pod>,
     pub hosts: Vec<Host>,
     pub services: Vec<Service>,
+    pub nat: super::nat_config::NatOptions,
 }
 
 /// `eni` + the first 11 hex characters of sha1("<namespace>.<pod>"), as the VPC CNI names
@@ -224,7 +231,8 @@ impl Plan {
             pods[0].ipv6 = Some(v6(1, 0x11));
             hosts[1].ipv6 = Some(v6(3, 0x10));
         }
-        let port = |proto: &str, node_port| ServicePort {
+        let port = |name: &str, proto: &str, node_port| ServicePort {
+            name: name.into(),
             proto: proto.into(),
             port: 80,
             target_port: 8080,
@@ -234,14 +242,15 @@ impl Plan {
             Service {
                 name: "api".into(),
                 cluster_ip: Ipv4Addr::new(198, 19, 0, 10),
-                ports: vec![port("tcp", None), port("udp", None)],
+                // A service with several ports must name them (Kubernetes API validation).
+                ports: vec![port("http", "tcp", None), port("udp", "udp", None)],
                 endpoints: vec!["api-1".into()],
                 etp: Etp::Cluster,
             },
             Service {
                 name: "web".into(),
                 cluster_ip: Ipv4Addr::new(198, 19, 0, 20),
-                ports: vec![port("tcp", Some(NODE_PORT))],
+                ports: vec![port("", "tcp", Some(NODE_PORT))],
                 endpoints: vec!["web-2".into(), "web-3".into()],
                 etp: cfg.etp,
             },
@@ -256,6 +265,7 @@ impl Plan {
             pods,
             hosts,
             services,
+            nat: cfg.nat.clone(),
         }
     }
 
