@@ -3,7 +3,10 @@ use std::{net::SocketAddr, os::unix::process::CommandExt, process::Command};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Subcommand, ValueEnum};
-use xtask::lab::{self, EniNames, Etp, LabConfig, Plan, Saved, plan::NODE_PORT, traffic};
+use xtask::lab::{
+    self, CniConnmark, EniNames, Etp, IptablesBackend, KubeProxyMode, LabConfig, NatOptions, Plan,
+    RandomizeSnat, Saved, plan::NODE_PORT, traffic,
+};
 
 #[derive(Subcommand)]
 pub enum LabCmd {
@@ -20,6 +23,8 @@ pub enum LabCmd {
         /// Also give web-1 and db IPv6 addresses (2001:2::/48).
         #[arg(long)]
         ipv6: bool,
+        #[command(flatten)]
+        nat: NatFlags,
     },
     /// Remove every namespace, link and rule of the lab (also after a half-failed `up`).
     Down {
@@ -79,8 +84,47 @@ pub enum LabCmd {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Via {
     Nodeport,
+    /// The service's cluster IP.
+    #[value(alias = "clusterip")]
     Service,
     PodIp,
+}
+
+/// How the nodes' NAT is written: kube-proxy mode, iptables backend, VPC CNI SNAT options.
+#[derive(clap::Args)]
+pub struct NatFlags {
+    /// kube-proxy mode: KUBE-* iptables chains or the `ip kube-proxy` nftables table.
+    #[arg(long, value_enum, default_value = "iptables")]
+    kube_proxy: KubeProxyMode,
+    /// iptables backend the nodes' iptables rules (ipamd, kube-proxy) are written with.
+    #[arg(long, value_enum, default_value = "nft")]
+    iptables: IptablesBackend,
+    /// AWS_VPC_K8S_CNI_RANDOMIZESNAT: prng = --random-fully, hashrandom = --random, none.
+    #[arg(long, value_enum, default_value = "prng")]
+    randomize_snat: RandomizeSnat,
+    /// AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: a destination CIDR never SNATed (repeatable).
+    #[arg(long = "exclude-snat-cidr", value_name = "CIDR")]
+    exclude_snat_cidrs: Vec<String>,
+    /// AWS_VPC_K8S_CNI_EXTERNALSNAT=true: no SNAT and no connmark rules.
+    #[arg(long)]
+    external_snat: bool,
+    /// Where the VPC CNI keeps its connmark rules: iptables (AWS-CONNMARK-CHAIN-0) or the
+    /// v1.23 native `ip aws-cni` table (needs --iptables nft).
+    #[arg(long, value_enum, default_value = "iptables")]
+    cni_connmark: CniConnmark,
+}
+
+impl NatFlags {
+    fn options(self) -> NatOptions {
+        NatOptions {
+            kube_proxy: self.kube_proxy,
+            iptables: self.iptables,
+            randomize_snat: self.randomize_snat,
+            exclude_snat_cidrs: self.exclude_snat_cidrs,
+            external_snat: self.external_snat,
+            cni_connmark: self.cni_connmark,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -91,8 +135,8 @@ pub enum Proto {
 
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up { prefix, etp, eni_names, ipv6 } => {
-            let cfg = LabConfig { prefix, etp, eni_names, ipv6, ..LabConfig::default() };
+        LabCmd::Up { prefix, etp, eni_names, ipv6, nat } => {
+            let cfg = LabConfig { prefix, etp, eni_names, ipv6, nat: nat.options(), ..LabConfig::default() };
             up(&cfg)
         }
         LabCmd::Down { prefix } => {
@@ -142,8 +186,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
 
 fn up(cfg: &LabConfig) -> Result<()> {
     if let Ok(st) = lab::status(&cfg.prefix) {
-        let same = Saved::load(&cfg.prefix)
-            .is_ok_and(|s| s.etp == cfg.etp && s.eni_names == cfg.eni_names && s.ipv6 == cfg.ipv6);
+        let same = Saved::load(&cfg.prefix).is_ok_and(|s| s.config() == *cfg);
         if st.up && same && server_alive(&cfg.prefix) {
             println!("lab {:?} is already up", cfg.prefix);
             return Ok(());
@@ -231,6 +274,19 @@ fn print_status(st: &lab::Status) {
         st.prefix,
         if st.up { "up" } else { "DOWN or partial" },
         st.etp
+    );
+    let nat = &st.plan.nat;
+    println!(
+        "  kube-proxy {:?}, iptables {:?}, SNAT {}, connmark {:?}{}",
+        nat.kube_proxy,
+        nat.iptables,
+        if nat.external_snat { "external".to_string() } else { format!("{:?}", nat.randomize_snat) },
+        nat.cni_connmark,
+        if nat.exclude_snat_cidrs.is_empty() {
+            String::new()
+        } else {
+            format!(", SNAT excluded for {}", nat.exclude_snat_cidrs.join(" "))
+        }
     );
     for n in &st.plan.nodes {
         println!("  {} (netns {})", n.name, n.netns);
