@@ -99,7 +99,9 @@ pub fn nat_rules(plan: &Plan, node: &Node) -> Vec<String> {
     v
 }
 
-/// The native connmark table (nftables_connmark.go, CNI >= v1.23 on iptables-nft hosts): it
+/// The native connmark table (amazon-vpc-cni-k8s pkg/networkutils/nftables_connmark.go:
+/// nftConnmark.Setup, ensureBaseChain, ensureBaseChainRules, ensureConnmarkChainRules; CNI >=
+/// v1.23 on iptables-nft hosts): it
 /// replaces nat PREROUTING's connmark jump and restore and AWS-CONNMARK-CHAIN-0. The SNAT
 /// itself and the mangle rules stay in iptables. Written as `nft -f` input.
 pub fn nft_table(plan: &Plan) -> Option<String> {

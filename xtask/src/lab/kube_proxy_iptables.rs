@@ -31,6 +31,8 @@ pub struct KubeNat {
     pub rules: Vec<String>,
 }
 
+/// kubernetes pkg/proxy/iptables/proxier.go: syncProxyRules' fixed KUBE-POSTROUTING and
+/// KUBE-MARK-MASQ rules, iptablesJumpChains' nat jumps, then every service port.
 pub fn nat(plan: &Plan, node_name: &str) -> KubeNat {
     let mut k = KubeNat::default();
     for c in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
@@ -60,6 +62,10 @@ pub fn nat(plan: &Plan, node_name: &str) -> KubeNat {
     k
 }
 
+/// One service port, as kubernetes pkg/proxy/iptables/proxier.go syncProxyRules writes it:
+/// KUBE-SERVICES "<name> cluster IP", KUBE-NODEPORTS "<name>", KUBE-EXT (ETP Cluster:
+/// "masquerade traffic for …"; ETP Local: the two "… LOCAL traffic …" rules then KUBE-SVL),
+/// KUBE-SVC/KUBE-SVL (writeServiceToEndpointRules) and KUBE-SEP (hairpin mark + DNAT).
 fn service_port(plan: &Plan, node_name: &str, svc: &Service, port: &ServicePort, k: &mut KubeNat) {
     let proto = &port.proto;
     let name = service_port_name(svc, port);

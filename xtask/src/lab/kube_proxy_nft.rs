@@ -188,6 +188,11 @@ pub fn ruleset(plan: &Plan, node_name: &str) -> String {
     s
 }
 
+/// One service port, as kubernetes pkg/proxy/nftables/proxier.go syncProxyRules writes it:
+/// cluster-ips/service-ips/service-nodeports elements, the external chain (ETP Cluster:
+/// unconditional masquerade mark; ETP Local: only `fib saddr type local`), the service and local
+/// chains (writeServiceToEndpointRules: numgen vmap) and one endpoint chain per endpoint
+/// (hairpin mark + `dnat to`).
 fn service_port(
     plan: &Plan,
     node_name: &str,
