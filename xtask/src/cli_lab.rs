@@ -3,7 +3,10 @@ use std::{net::SocketAddr, os::unix::process::CommandExt, process::Command};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Subcommand, ValueEnum};
-use xtask::lab::{self, EniNames, Etp, LabConfig, Plan, Saved, Variant, plan::NODE_PORT, traffic};
+use xtask::lab::{
+    self, CniConnmark, EniNames, Etp, IptablesBackend, KubeProxyMode, LabConfig, NatOptions, Plan,
+    RandomizeSnat, Saved, Variant, plan::NODE_PORT, traffic,
+};
 
 #[derive(Subcommand)]
 pub enum LabCmd {
@@ -29,6 +32,8 @@ pub enum LabCmd {
         /// custom-networking, ipv6-egress (see eks-variants.md).
         #[arg(long = "variant", value_enum, value_delimiter = ',')]
         variants: Vec<Variant>,
+        #[command(flatten)]
+        nat: NatFlags,
     },
     /// Remove every namespace, link and rule of the lab (also after a half-failed `up`).
     Down {
@@ -91,8 +96,47 @@ pub enum LabCmd {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Via {
     Nodeport,
+    /// The service's cluster IP.
+    #[value(alias = "clusterip")]
     Service,
     PodIp,
+}
+
+/// How the nodes' NAT is written: kube-proxy mode, iptables backend, VPC CNI SNAT options.
+#[derive(clap::Args)]
+pub struct NatFlags {
+    /// kube-proxy mode: KUBE-* iptables chains or the `ip kube-proxy` nftables table.
+    #[arg(long, value_enum, default_value = "iptables")]
+    kube_proxy: KubeProxyMode,
+    /// iptables backend the nodes' iptables rules (ipamd, kube-proxy) are written with.
+    #[arg(long, value_enum, default_value = "nft")]
+    iptables: IptablesBackend,
+    /// AWS_VPC_K8S_CNI_RANDOMIZESNAT: prng = --random-fully, hashrandom = --random, none.
+    #[arg(long, value_enum, default_value = "prng")]
+    randomize_snat: RandomizeSnat,
+    /// AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: a destination CIDR never SNATed (repeatable).
+    #[arg(long = "exclude-snat-cidr", value_name = "CIDR")]
+    exclude_snat_cidrs: Vec<String>,
+    /// AWS_VPC_K8S_CNI_EXTERNALSNAT=true: no SNAT and no connmark rules.
+    #[arg(long)]
+    external_snat: bool,
+    /// Where the VPC CNI keeps its connmark rules: iptables (AWS-CONNMARK-CHAIN-0) or the
+    /// v1.23 native `ip aws-cni` table (needs --iptables nft).
+    #[arg(long, value_enum, default_value = "iptables")]
+    cni_connmark: CniConnmark,
+}
+
+impl NatFlags {
+    fn options(self) -> NatOptions {
+        NatOptions {
+            kube_proxy: self.kube_proxy,
+            iptables: self.iptables,
+            randomize_snat: self.randomize_snat,
+            exclude_snat_cidrs: self.exclude_snat_cidrs,
+            external_snat: self.external_snat,
+            cni_connmark: self.cni_connmark,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -103,10 +147,18 @@ pub enum Proto {
 
 pub fn run(cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up { prefix, etp, eni_names, ipv6, veth_prefix, variants } => {
+        LabCmd::Up { prefix, etp, eni_names, ipv6, veth_prefix, variants, nat } => {
             let variants = lab::variant::normalize(&variants);
-            let cfg =
-                LabConfig { prefix, etp, eni_names, ipv6, veth_prefix, variants, ..LabConfig::default() };
+            let cfg = LabConfig {
+                prefix,
+                etp,
+                eni_names,
+                ipv6,
+                veth_prefix,
+                variants,
+                nat: nat.options(),
+                ..LabConfig::default()
+            };
             up(&cfg)
         }
         LabCmd::Down { prefix } => {
@@ -156,13 +208,7 @@ pub fn run(cmd: LabCmd) -> Result<()> {
 
 fn up(cfg: &LabConfig) -> Result<()> {
     if let Ok(st) = lab::status(&cfg.prefix) {
-        let same = Saved::load(&cfg.prefix).is_ok_and(|s| {
-            s.etp == cfg.etp
-                && s.eni_names == cfg.eni_names
-                && s.ipv6 == cfg.ipv6
-                && s.veth_prefix == cfg.veth_prefix
-                && s.variants == cfg.variants
-        });
+        let same = Saved::load(&cfg.prefix).is_ok_and(|s| s.config() == *cfg);
         if st.up && same && server_alive(&cfg.prefix) {
             println!("lab {:?} is already up", cfg.prefix);
             return Ok(());
@@ -277,6 +323,19 @@ fn print_status(st: &lab::Status) {
             cn.node, cn.eni, cn.eniconfig, cn.subnet, cn.vpc_cidr
         );
     }
+    let nat = &st.plan.nat;
+    println!(
+        "  kube-proxy {:?}, iptables {:?}, SNAT {}, connmark {:?}{}",
+        nat.kube_proxy,
+        nat.iptables,
+        if nat.external_snat { "external".to_string() } else { format!("{:?}", nat.randomize_snat) },
+        nat.cni_connmark,
+        if nat.exclude_snat_cidrs.is_empty() {
+            String::new()
+        } else {
+            format!(", SNAT excluded for {}", nat.exclude_snat_cidrs.join(" "))
+        }
+    );
     for n in &st.plan.nodes {
         println!("  {} (netns {}, {}, IMDS http://169.254.169.254/)", n.name, n.netns, n.instance_type);
         for e in &n.enis {

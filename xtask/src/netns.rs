@@ -117,3 +117,16 @@ pub fn sysctls(ns: &str, settings: &[(String, String)]) -> Result<()> {
         Ok(())
     })
 }
+
+/// Loads an iptables-restore ruleset with a given tool (`iptables-restore`,
+/// `iptables-legacy-restore`) into a namespace.
+pub fn iptables_restore_with(ns: &str, rules: &str, tool: &str) -> Result<()> {
+    run_with_input("ip", &["netns", "exec", ns, tool], rules)
+        .with_context(|| format!("loading {tool} rules into {ns}"))
+}
+
+/// Loads native nftables tables (`nft -f` input) into a namespace.
+pub fn nft_apply(ns: &str, text: &str) -> Result<()> {
+    run_with_input("ip", &["netns", "exec", ns, "nft", "-f", "-"], text)
+        .with_context(|| format!("loading nft tables into {ns}"))
+}

@@ -14,10 +14,15 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// Tool binary → Debian package.
-const PACKAGES: [(&str, &str); 7] = [
+const PACKAGES: [(&str, &str); 10] = [
     ("ip", "iproute2"),
     ("iptables", "iptables"),
     ("ip6tables", "iptables"),
+    // The lab's iptables-legacy nodes (`lab up --iptables legacy`).
+    ("iptables-legacy-restore", "iptables"),
+    // kube-proxy's nftables mode and the VPC CNI's `ip aws-cni` table in the lab.
+    ("nft", "nftables"),
+    ("tshark", "tshark"),
     ("conntrack", "conntrack"),
     ("bpftool", "bpftool"),
     ("iperf3", "iperf3"),
@@ -43,6 +48,7 @@ fn which(bin: &str) -> Option<PathBuf> {
 fn apt_packages() -> Result<()> {
     let mut missing: Vec<&str> =
         PACKAGES.iter().filter(|(bin, _)| which(bin).is_none()).map(|(_, pkg)| *pkg).collect();
+    missing.sort_unstable();
     missing.dedup();
     if missing.is_empty() {
         println!("setup: system packages present");

@@ -339,7 +339,8 @@ pub fn apply_post(plan: &Plan) -> Result<()> {
         if let Some(rules) = &p.iptables {
             netns::run_with_input(
                 "ip",
-                &["netns", "exec", &p.netns, "iptables-restore", "--noflush"],
+                // The node's own iptables backend (--iptables nft|legacy), like the plugin's.
+                &["netns", "exec", &p.netns, plan.nat.iptables.restore_tool(), "--noflush"],
                 rules,
             )?;
         }

@@ -1,9 +1,13 @@
 //! The built-in EKS-node lab: a VPC router, two nodes with two ENIs each, pods, an ALB client,
 //! a VPC host and an internet host, all in network namespaces named `<prefix><member>`.
 //! Nothing outside those namespaces is touched.
+pub mod aws_cni;
 pub mod egress_cni;
 pub mod imds;
 pub mod ipam_variants;
+pub mod kube_proxy_iptables;
+pub mod kube_proxy_nft;
+pub mod nat_config;
 pub mod npa;
 pub mod plan;
 pub mod podlist;
@@ -21,6 +25,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+pub use nat_config::{CniConnmark, IptablesBackend, KubeProxyMode, NatOptions, RandomizeSnat};
 pub use plan::{EniNames, Etp, LabConfig, Plan};
 pub use variant::Variant;
 
@@ -48,6 +53,9 @@ pub struct Saved {
     pub veth_prefix: String,
     #[serde(default)]
     pub variants: Vec<Variant>,
+    /// kube-proxy mode, iptables backend, VPC CNI SNAT options (absent in older state files).
+    #[serde(default, flatten)]
+    pub nat: NatOptions,
 }
 
 fn default_veth_prefix() -> String {
@@ -64,6 +72,7 @@ impl Saved {
             ipv6: self.ipv6,
             veth_prefix: self.veth_prefix.clone(),
             variants: self.variants.clone(),
+            nat: self.nat.clone(),
         }
     }
 
@@ -226,6 +235,7 @@ impl Drop for Lab {
 pub fn build(cfg: &LabConfig) -> Result<Plan> {
     variant::validate(&cfg.variants)?;
     ipam_variants::check_veth_prefix(&cfg.veth_prefix)?;
+    cfg.nat.validate()?;
     let plan = Plan::new(cfg);
     down(&cfg.prefix)?;
     let saved = Saved {
@@ -237,6 +247,7 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
         extra_netns: Vec::new(),
         veth_prefix: cfg.veth_prefix.clone(),
         variants: cfg.variants.clone(),
+        nat: cfg.nat.clone(),
     };
     saved.store()?;
     let result = (|| -> Result<()> {
@@ -253,7 +264,10 @@ pub fn build(cfg: &LabConfig) -> Result<Plan> {
             netns::ip_batch(&c.netns, &c.ip)?;
             netns::sysctls(&c.netns, &per_link)?;
             if let Some(rules) = &c.iptables {
-                netns::iptables_restore(&c.netns, rules, false)?;
+                netns::iptables_restore_with(&c.netns, rules, c.iptables_backend.restore_tool())?;
+            }
+            if let Some(tables) = &c.nft {
+                netns::nft_apply(&c.netns, tables)?;
             }
             if let Some(rules) = &c.ip6tables {
                 netns::iptables_restore(&c.netns, rules, true)?;

@@ -30,7 +30,7 @@ pub enum EniNames {
     Ens,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LabConfig {
     /// Prefix of every namespace name, so labs never collide with each other or the user's.
     pub prefix: String,
@@ -44,6 +44,8 @@ pub struct LabConfig {
     pub veth_prefix: String,
     /// Datapath variants (SGP, network policy agent, prefix delegation, ...), see `variant.rs`.
     pub variants: Vec<Variant>,
+    /// kube-proxy mode, iptables backend and the VPC CNI's SNAT options.
+    pub nat: super::nat_config::NatOptions,
 }
 
 impl LabConfig {
@@ -62,6 +64,7 @@ impl Default for LabConfig {
             ipv6: false,
             veth_prefix: DEFAULT_VETH_PREFIX.into(),
             variants: Vec::new(),
+            nat: Default::default(),
         }
     }
 }
@@ -151,6 +154,9 @@ pub struct Host {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ServicePort {
+    /// Port name; empty for the single unnamed port of a service (kube-proxy then prints
+    /// `default/web`, else `default/api:http`).
+    pub name: String,
     pub proto: String,
     pub port: u16,
     pub target_port: u16,
@@ -191,6 +197,7 @@ pub struct Plan {
     /// VPC CIDRs besides `vpc_cidr` (IMDS `vpc-ipv4-cidr-blocks` lists all of them).
     pub secondary_vpc_cidrs: Vec<String>,
     pub custom_networking: Option<CustomNetworking>,
+    pub nat: super::nat_config::NatOptions,
 }
 
 /// `eni` + the first 11 hex characters of sha1("<namespace>.<pod>"), as the VPC CNI names
@@ -279,7 +286,8 @@ impl Plan {
             pods[0].ipv6 = Some(v6(1, 0x11));
             hosts[1].ipv6 = Some(v6(3, 0x10));
         }
-        let port = |proto: &str, node_port| ServicePort {
+        let port = |name: &str, proto: &str, node_port| ServicePort {
+            name: name.into(),
             proto: proto.into(),
             port: 80,
             target_port: 8080,
@@ -289,14 +297,15 @@ impl Plan {
             Service {
                 name: "api".into(),
                 cluster_ip: Ipv4Addr::new(198, 19, 0, 10),
-                ports: vec![port("tcp", None), port("udp", None)],
+                // A service with several ports must name them (Kubernetes API validation).
+                ports: vec![port("http", "tcp", None), port("udp", "udp", None)],
                 endpoints: vec!["api-1".into()],
                 etp: Etp::Cluster,
             },
             Service {
                 name: "web".into(),
                 cluster_ip: Ipv4Addr::new(198, 19, 0, 20),
-                ports: vec![port("tcp", Some(NODE_PORT))],
+                ports: vec![port("", "tcp", Some(NODE_PORT))],
                 endpoints: vec!["web-2".into(), "web-3".into()],
                 etp: cfg.etp,
             },
@@ -316,6 +325,7 @@ impl Plan {
             sgp: None,
             secondary_vpc_cidrs: Vec::new(),
             custom_networking: None,
+            nat: cfg.nat.clone(),
         };
         ipam_variants::apply(cfg, &mut plan);
         super::sgp::extend(&mut plan, cfg);

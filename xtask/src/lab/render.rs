@@ -4,7 +4,11 @@
 //! with the brief, line for line.
 use std::fmt::Write as _;
 
-use super::plan::{Etp, Plan, Pod};
+use super::{
+    aws_cni,
+    nat_config::KubeProxyMode,
+    plan::{Plan, Pod},
+};
 
 /// Everything to apply to one namespace.
 #[derive(Default, Debug)]
@@ -14,6 +18,10 @@ pub struct NsConfig {
     pub ip: Vec<String>,
     pub iptables: Option<String>,
     pub ip6tables: Option<String>,
+    /// Which tool loads `iptables` (nft or legacy backend).
+    pub iptables_backend: super::nat_config::IptablesBackend,
+    /// Native nftables tables, as `nft -f` input.
+    pub nft: Option<String>,
 }
 
 fn sysctl(k: impl Into<String>, v: &str) -> (String, String) {
@@ -122,6 +130,7 @@ pub fn vpc(plan: &Plan) -> NsConfig {
         ip,
         iptables: Some(check),
         ip6tables: plan.vpc_cidr_v6.as_ref().map(|_| check6),
+        ..NsConfig::default()
     }
 }
 
@@ -181,139 +190,48 @@ pub fn node(plan: &Plan, node_name: &str) -> NsConfig {
         ip,
         iptables: Some(node_iptables(plan, node_name)),
         ip6tables: None,
+        iptables_backend: plan.nat.iptables,
+        nft: node_nft(plan, node_name),
     }
 }
 
-/// iptables of one node: AWS SNAT + CONNMARK chains (ipamd) and kube-proxy (iptables mode).
+/// iptables of one node: ipamd's SNAT/connmark rules (aws_cni.rs) and, in kube-proxy's
+/// iptables mode, kube-proxy's nat rules (kube_proxy_iptables.rs). One text for both iptables
+/// backends: only the restore tool differs.
 pub fn node_iptables(plan: &Plan, node_name: &str) -> String {
     let node = plan.node(node_name).expect("node in plan");
-    let eth0 = &node.primary().name;
-    let veths = format!("{}+", plan.veth_prefix);
-    let mut s = String::new();
-    s += "*mangle\n:PREROUTING ACCEPT [0:0]\n";
-    writeln!(s, "-A PREROUTING -i {eth0} -m comment --comment \"AWS, primary ENI\" -m addrtype --dst-type LOCAL --limit-iface-in -j CONNMARK --set-xmark 0x80/0x80").unwrap();
-    // network.go buildIptablesSNATRules: `-i <AWS_VPC_K8S_CNI_VETHPREFIX>+`.
-    writeln!(s, "-A PREROUTING -i {veths} -m comment --comment \"AWS, primary ENI\" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80").unwrap();
+    let kube = match plan.nat.kube_proxy {
+        KubeProxyMode::Iptables => super::kube_proxy_iptables::nat(plan, node_name),
+        KubeProxyMode::Nftables => Default::default(),
+    };
+    let mut s = String::from("*mangle\n:PREROUTING ACCEPT [0:0]\n");
+    for r in aws_cni::mangle_rules(plan, node) {
+        writeln!(s, "{r}").unwrap();
+    }
     s += "COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n";
-    for chain in [
-        "AWS-SNAT-CHAIN-0",
-        "AWS-CONNMARK-CHAIN-0",
-        "KUBE-SERVICES",
-        "KUBE-POSTROUTING",
-        "KUBE-MARK-MASQ",
-        "KUBE-NODEPORTS",
-    ] {
+    let aws_chains = aws_cni::nat_chains(&plan.nat).into_iter().map(str::to_string);
+    for chain in aws_chains.chain(kube.chains) {
         writeln!(s, ":{chain} - [0:0]").unwrap();
     }
-    for svc in &plan.services {
-        let up = svc.name.to_uppercase();
-        writeln!(s, ":KUBE-SVC-{up} - [0:0]").unwrap();
-        if svc.ports.iter().any(|p| p.node_port.is_some()) {
-            writeln!(s, ":KUBE-EXT-{up} - [0:0]").unwrap();
-            if svc.etp == Etp::Local {
-                writeln!(s, ":KUBE-SVL-{up} - [0:0]").unwrap();
-            }
-        }
-        for ep in &svc.endpoints {
-            writeln!(s, ":KUBE-SEP-{up}-{} - [0:0]", ep.to_uppercase()).unwrap();
-        }
+    // kube-proxy prepends its jumps to the built-in chains; ipamd appends its rules.
+    for r in kube.jumps.iter().chain(&aws_cni::nat_rules(plan, node)).chain(&kube.rules) {
+        writeln!(s, "{r}").unwrap();
     }
-    s += "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
-    writeln!(
-        s,
-        "-A PREROUTING -i {veths} -m comment --comment \"AWS, outbound connections\" -j AWS-CONNMARK-CHAIN-0"
-    )
-    .unwrap();
-    s += "-A PREROUTING -m comment --comment \"AWS, CONNMARK\" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80\n";
-    s += "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
-    s += "-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n";
-    s += "-A POSTROUTING -m comment --comment \"AWS SNAT CHAIN\" -j AWS-SNAT-CHAIN-0\n";
-    // A RETURN for every VPC CIDR, secondary ones too (network.go buildIptablesSNATRules; ipamd
-    // reads them from IMDS vpc-ipv4-cidr-blocks, pkg/awsutils/imds.go GetVPCIPv4CIDRBlocks).
-    for vpc in plan.vpc_cidrs() {
-        writeln!(s, "-A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment \"AWS SNAT CHAIN\" -j RETURN")
-            .unwrap();
-    }
-    writeln!(s, "-A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment \"AWS, SNAT\" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {} --random-fully", node.primary_ip()).unwrap();
-    // iptables_connmark.go buildRules: a RETURN per VPC CIDR.
-    for vpc in plan.vpc_cidrs() {
-        writeln!(s, "-A AWS-CONNMARK-CHAIN-0 -d {vpc} -m comment --comment \"AWS CONNMARK CHAIN\" -j RETURN")
-            .unwrap();
-    }
-    s += "-A AWS-CONNMARK-CHAIN-0 -m comment --comment \"AWS, CONNMARK\" -j CONNMARK --set-xmark 0x80/0x80\n";
-    s += "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n";
-    s += "-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n";
-    s += "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n";
-    s += "-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n";
-    for svc in &plan.services {
-        let up = svc.name.to_uppercase();
-        for port in &svc.ports {
-            writeln!(s, "-A KUBE-SERVICES -d {}/32 -p {} -m comment --comment \"default/{} cluster IP\" -m {} --dport {} -j KUBE-SVC-{up}", svc.cluster_ip, port.proto, svc.name, port.proto, port.port).unwrap();
-            if let Some(np) = port.node_port {
-                writeln!(s, "-A KUBE-NODEPORTS -p {} -m comment --comment \"default/{}\" -m {} --dport {np} -j KUBE-EXT-{up}", port.proto, svc.name, port.proto).unwrap();
-            }
-        }
-        let n = svc.endpoints.len();
-        for (i, ep) in svc.endpoints.iter().enumerate() {
-            let sep = format!("KUBE-SEP-{up}-{}", ep.to_uppercase());
-            let remaining = n - i;
-            if remaining > 1 {
-                let prob = 1.0 / remaining as f64;
-                writeln!(s, "-A KUBE-SVC-{up} -m statistic --mode random --probability {prob:.11} -j {sep}")
-                    .unwrap();
-            } else {
-                writeln!(s, "-A KUBE-SVC-{up} -j {sep}").unwrap();
-            }
-            let pod = plan.pod(ep).expect("endpoint pod");
-            writeln!(s, "-A {sep} -s {}/32 -j KUBE-MARK-MASQ", pod.ip).unwrap();
-            for port in &svc.ports {
-                writeln!(
-                    s,
-                    "-A {sep} -p {} -m {} -j DNAT --to-destination {}:{}",
-                    port.proto, port.proto, pod.ip, port.target_port
-                )
-                .unwrap();
-            }
-        }
-        if svc.ports.iter().any(|p| p.node_port.is_some()) {
-            match svc.etp {
-                // Cluster: masquerade so the reply comes back through this node; any endpoint.
-                Etp::Cluster => {
-                    writeln!(s, "-A KUBE-EXT-{up} -m comment --comment \"masquerade traffic for default/{} external destinations\" -j KUBE-MARK-MASQ", svc.name).unwrap();
-                    writeln!(s, "-A KUBE-EXT-{up} -j KUBE-SVC-{up}").unwrap();
-                }
-                // Local: this node's endpoints only, client IP preserved.
-                Etp::Local => {
-                    writeln!(s, "-A KUBE-EXT-{up} -j KUBE-SVL-{up}").unwrap();
-                    let local: Vec<_> = svc
-                        .endpoints
-                        .iter()
-                        .filter(|e| plan.pod(e).is_some_and(|p| p.node == node.name))
-                        .collect();
-                    if local.is_empty() {
-                        writeln!(s, "-A KUBE-SVL-{up} -m comment --comment \"default/{} has no local endpoints\" -j DROP", svc.name).unwrap();
-                    }
-                    let n = local.len();
-                    for (i, ep) in local.iter().enumerate() {
-                        let sep = format!("KUBE-SEP-{up}-{}", ep.to_uppercase());
-                        if n - i > 1 {
-                            writeln!(
-                                s,
-                                "-A KUBE-SVL-{up} -m statistic --mode random --probability {:.11} -j {sep}",
-                                1.0 / (n - i) as f64
-                            )
-                            .unwrap();
-                        } else {
-                            writeln!(s, "-A KUBE-SVL-{up} -j {sep}").unwrap();
-                        }
-                    }
-                }
-            }
-        }
-    }
-    s += "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n";
     s += "COMMIT\n";
     s
+}
+
+/// Native nftables tables of one node: kube-proxy's `ip kube-proxy` (nftables mode) and the
+/// VPC CNI's `ip aws-cni` (nft connmark).
+pub fn node_nft(plan: &Plan, node_name: &str) -> Option<String> {
+    let mut s = String::new();
+    if plan.nat.kube_proxy == KubeProxyMode::Nftables {
+        s += &super::kube_proxy_nft::ruleset(plan, node_name);
+    }
+    if let Some(t) = aws_cni::nft_table(plan) {
+        s += &t;
+    }
+    (!s.is_empty()).then_some(s)
 }
 
 /// A pod namespace, exactly as the CNI plugin configures it.

@@ -191,6 +191,7 @@ pub fn extend(plan: &mut Plan, cfg: &LabConfig) {
         name: "sgp".into(),
         cluster_ip: SGP_CLUSTER_IP,
         ports: vec![ServicePort {
+            name: String::new(),
             proto: "tcp".into(),
             port: 80,
             target_port: 8080,
