@@ -141,8 +141,16 @@ fn api_is_read_only_on_a_private_socket_and_tcp_only_when_asked() -> Result<()> 
     let (agent, sock) = start_agent(&lab, &[])?;
     let mode = std::fs::metadata(&sock)?.permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let listeners = netns::output("ip", &["netns", "exec", &lab.ns("node-a"), "ss", "-ltnH"])?;
-    assert!(listeners.trim().is_empty(), "no TCP listener by default: {listeners}");
+    // The agent's own TCP sockets (the lab's IMDS stand-in listens in the node too).
+    let tcp_of = |pid: u32| -> Result<Vec<String>> {
+        let out = netns::output("ip", &["netns", "exec", &lab.ns("node-a"), "ss", "-ltnpH"])?;
+        Ok(out
+            .lines()
+            .filter(|l| l.contains(&format!("pid={pid},")))
+            .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+            .collect())
+    };
+    assert_eq!(tcp_of(agent.pid())?, Vec::<String>::new(), "no TCP listener by default");
     assert_eq!(agent_get(&sock, "POST", "/flows")?.0, 405);
     assert_eq!(agent_get(&sock, "DELETE", "/metrics")?.0, 405);
     assert_eq!(agent_get(&sock, "GET", "/attach")?.0, 404);
@@ -152,9 +160,7 @@ fn api_is_read_only_on_a_private_socket_and_tcp_only_when_asked() -> Result<()> 
     assert!(out.status.success());
 
     let (agent, _) = start_agent(&lab, &["--listen", "127.0.0.1:19091"])?;
-    let listeners = netns::output("ip", &["netns", "exec", &lab.ns("node-a"), "ss", "-ltnH"])?;
-    let local: Vec<&str> = listeners.lines().filter_map(|l| l.split_whitespace().nth(3)).collect();
-    assert_eq!(local, ["127.0.0.1:19091"], "only the address asked for");
+    assert_eq!(tcp_of(agent.pid())?, ["127.0.0.1:19091"], "only the address asked for");
     drop(agent);
     Ok(())
 }

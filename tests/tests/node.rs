@@ -94,6 +94,18 @@ fn snat_rule(op: &str, chain: &str, spec: &str, target: &str) -> Vec<String> {
     v
 }
 
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+/// The VPC CNI's rule that sets connmark 0x80 on pods' off-VPC connections.
+fn connmark_rule(op: &str) -> Vec<String> {
+    let mut v = words(&format!("iptables -t nat {op} AWS-CONNMARK-CHAIN-0"));
+    v.extend(["-m", "comment", "--comment", "AWS, CONNMARK"].map(str::to_string));
+    v.extend(words("-j CONNMARK --set-xmark 0x80/0x80"));
+    v
+}
+
 #[test]
 fn each_health_check_fires_when_broken_and_clears_when_repaired() -> Result<()> {
     let lab = lab("health", |_| {})?;
@@ -136,6 +148,15 @@ fn each_health_check_fires_when_broken_and_clears_when_repaired() -> Result<()> 
             snat_rule("-D", "AWS-SNAT-CHAIN-0", &vpc, "RETURN"),
             snat_rule("-I", "AWS-SNAT-CHAIN-0", &vpc, "RETURN"),
         ),
+        ("connmark-rules-missing", connmark_rule("-D"), connmark_rule("-A")),
+        (
+            // A stale copy of kube-proxy's rules in the other iptables backend (CNI #3559).
+            "rules-in-both-iptables-backends",
+            sh(
+                "iptables-legacy -t nat -N KUBE-SERVICES && iptables-legacy -t nat -A KUBE-SERVICES -j RETURN",
+            ),
+            sh("iptables-legacy -t nat -F KUBE-SERVICES && iptables-legacy -t nat -X KUBE-SERVICES"),
+        ),
     ];
     assert_eq!(checks(&lab)?, Vec::<String>::new());
     for (check, break_it, repair) in cases {
@@ -149,6 +170,30 @@ fn each_health_check_fires_when_broken_and_clears_when_repaired() -> Result<()> 
             "{check} still reported after `{}`",
             repair.join(" ")
         );
+    }
+    Ok(())
+}
+
+/// A healthy node is healthy whatever backend holds its rules, and the report says which
+/// backends were read.
+#[test]
+fn healthy_nodes_on_every_rule_backend_have_no_warnings() -> Result<()> {
+    use xtask::lab::{CniConnmark, IptablesBackend, KubeProxyMode};
+    let legacy = lab("hlegacy", |c| c.nat.iptables = IptablesBackend::Legacy)?;
+    let nft = lab("hnft", |c| {
+        c.nat.kube_proxy = KubeProxyMode::Nftables;
+        c.nat.cni_connmark = CniConnmark::Nft;
+    })?;
+    for (lab, backend, tables) in [
+        (&legacy, "iptables-legacy", vec!["ip mangle", "ip nat"]),
+        (&nft, "nftables", vec!["ip aws-cni", "ip kube-proxy"]),
+    ] {
+        let r = node_json(lab, "node-a")?;
+        assert_eq!(r["warnings"], Value::Array(vec![]), "{backend}: {r:#}");
+        let read = r["rule_backends"].as_array().unwrap().iter().find(|b| b["backend"] == backend).unwrap();
+        assert_eq!(read["tables"], serde_json::json!(tables), "{r:#}");
+        assert!(read["rules"].as_u64().unwrap() > 0);
+        assert!(read.get("error").is_none());
     }
     Ok(())
 }

@@ -4,7 +4,10 @@
 use podtrace::{
     cmd::agent::api::parse_flow_query,
     kernel::btf::Btf,
-    node::{conntrack, pods, rules::NatRules},
+    node::{
+        conntrack, pods,
+        rules::{legacy, nft},
+    },
 };
 use proptest::prelude::*;
 
@@ -34,7 +37,7 @@ proptest! {
     #[test]
     fn conntrack_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = conntrack::parse_entry(&bytes);
-        let _ = conntrack::messages(&bytes);
+        let _ = podtrace::kernel::nfnetlink::messages(&bytes);
     }
 
     #[test]
@@ -100,7 +103,15 @@ proptest! {
     }
 
     #[test]
-    fn iptables_save_never_panics(text in "(-A [A-Z-]{1,12} .{0,60}\n){0,8}") {
-        let _ = NatRules::parse(&text);
+    fn nf_tables_rules_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = nft::parse_rule(&bytes);
+        let _ = nft::parse_elements(&bytes);
+    }
+
+    #[test]
+    fn x_tables_blobs_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024), entry in 0u32..1024) {
+        let hooks = legacy::Hooks { valid: 0x1f, entry: [entry; 5], underflow: [entry / 2; 5] };
+        let _ = legacy::parse_table(&bytes, &hooks, false, "nat");
+        let _ = legacy::parse_table(&bytes, &hooks, true, "nat");
     }
 }

@@ -5,23 +5,62 @@ use std::{
     net::IpAddr,
 };
 
-use crate::{assemble::model::Role, node::inventory::Inventory, node::rules::NatRules};
+use crate::{
+    assemble::model::Role,
+    node::{inventory::Inventory, links::Link, rules::Ruleset, tc_programs::TcPrograms},
+};
 
 #[derive(Clone, Debug)]
 pub struct Iface {
     pub name: String,
     pub role: Role,
+    /// The trunk ENI of a branch ENI.
+    pub trunk: Option<String>,
 }
 
 /// A traced pod as the assembler needs it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct TracedPod {
     pub name: String,
     pub namespace: String,
+    /// Its addresses: the API's, and those routed to its other host veths (egress-cni's
+    /// IPv4 address of an IPv6 pod).
     pub ips: Vec<IpAddr>,
-    /// ifindex of the host veth when the pod runs on this node.
-    pub veth: Option<u32>,
+    /// ifindexes of its host veths when the pod runs on this node (more than one when it has
+    /// more than one interface).
+    pub veths: Vec<u32>,
+    /// The ENI or branch ENI whose IP the pod uses.
     pub owner_eni: Option<String>,
+    /// The AWS id of its branch ENI (Security Groups for Pods), from its pod-eni annotation.
+    pub branch_eni_id: Option<String>,
+}
+
+impl TracedPod {
+    /// The pod on this node behind `veth`, with `ips` from the API (or its routes): its
+    /// sibling veths and their addresses join it.
+    pub fn on_node(
+        inv: &Inventory,
+        veth: &Link,
+        name: String,
+        namespace: String,
+        mut ips: Vec<IpAddr>,
+    ) -> TracedPod {
+        let mut veths = vec![veth.index];
+        for s in inv.sibling_veths(veth) {
+            veths.push(s.index);
+        }
+        for (ip, l) in inv.pod_routes() {
+            if veths.contains(&l.index) && !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
+        let owner_eni = ips.iter().find_map(|ip| inv.pod_ip_owner_eni(*ip));
+        TracedPod { name, namespace, ips, veths, owner_eni, branch_eni_id: None }
+    }
+
+    pub fn is_veth(&self, ifindex: u32) -> bool {
+        self.veths.contains(&ifindex)
+    }
 }
 
 /// Everything about the node the assembler needs besides the observations.
@@ -29,14 +68,17 @@ pub struct TracedPod {
 pub struct NodeContext {
     pub ifaces: HashMap<u32, Iface>,
     pub node_ips: HashSet<IpAddr>,
-    pub nat_rules: NatRules,
+    /// The node's packet-filter rules, to name rewrites by.
+    pub rules: Ruleset,
+    /// Other tools' tc programs on the traced interfaces, to name what dropped at a tc hook.
+    pub tc_programs: TcPrograms,
 }
 
 impl NodeContext {
     /// Names and roles of the node's interfaces, its addresses and NAT rules.
-    pub fn new(inv: &Inventory, nat_rules: NatRules) -> NodeContext {
+    pub fn new(inv: &Inventory, rules: Ruleset) -> NodeContext {
         let mut ctx =
-            NodeContext { node_ips: inv.node_ips().into_iter().collect(), nat_rules, ..Default::default() };
+            NodeContext { node_ips: inv.node_ips().into_iter().collect(), rules, ..Default::default() };
         ctx.set_interfaces(inv);
         ctx
     }
@@ -44,14 +86,19 @@ impl NodeContext {
     /// Re-reads interface names and roles (pods come and go; the rules change rarely).
     pub fn set_interfaces(&mut self, inv: &Inventory) {
         self.ifaces.clear();
+        let iface = |name: &str, role| Iface { name: name.to_string(), role, trunk: None };
         for l in &inv.links {
-            self.ifaces.insert(l.index, Iface { name: l.name.clone(), role: Role::Other });
+            self.ifaces.insert(l.index, iface(&l.name, Role::Other));
         }
         for (_, l) in inv.pod_routes() {
-            self.ifaces.insert(l.index, Iface { name: l.name.clone(), role: Role::PodVeth });
+            self.ifaces.insert(l.index, iface(&l.name, Role::PodVeth));
         }
         for e in &inv.enis {
-            self.ifaces.insert(e.ifindex, Iface { name: e.name.clone(), role: Role::Eni });
+            self.ifaces.insert(e.ifindex, iface(&e.name, Role::Eni));
+        }
+        for b in &inv.branches {
+            self.ifaces
+                .insert(b.ifindex, Iface { trunk: Some(b.trunk.clone()), ..iface(&b.name, Role::BranchEni) });
         }
     }
 
@@ -62,6 +109,11 @@ impl NodeContext {
 
     pub fn role(&self, ifindex: u32) -> Role {
         self.ifaces.get(&ifindex).map(|i| i.role).unwrap_or(Role::Other)
+    }
+
+    /// The trunk ENI of a branch ENI.
+    pub fn trunk(&self, ifindex: u32) -> Option<&str> {
+        self.ifaces.get(&ifindex).and_then(|i| i.trunk.as_deref())
     }
 }
 

@@ -8,6 +8,7 @@ use std::{
 use tracer_common::{DropKey, DropStats, Tuple};
 
 use super::model::{FlowDrop, Hop, HopName};
+use crate::node::tc_programs::TcPrograms;
 
 /// Everything needed to turn raw drop keys into names. Built before capabilities are dropped
 /// (kallsyms shows addresses only to privileged readers).
@@ -112,6 +113,7 @@ pub struct DropIndex<'a> {
     drops: HashMap<Tuple, Vec<&'a (DropKey, DropStats)>>,
     retrans: HashMap<Tuple, u64>,
     names: &'a DropNames,
+    tc_programs: &'a TcPrograms,
 }
 
 impl<'a> DropIndex<'a> {
@@ -119,6 +121,7 @@ impl<'a> DropIndex<'a> {
         drops: &'a [(DropKey, DropStats)],
         retrans: &[(Tuple, u64)],
         names: &'a DropNames,
+        tc_programs: &'a TcPrograms,
     ) -> DropIndex<'a> {
         let mut by_tuple: HashMap<Tuple, Vec<&(DropKey, DropStats)>> = HashMap::new();
         for d in drops {
@@ -128,7 +131,7 @@ impl<'a> DropIndex<'a> {
         for (t, n) in retrans {
             *r.entry(*t).or_default() += n;
         }
-        DropIndex { drops: by_tuple, retrans: r, names }
+        DropIndex { drops: by_tuple, retrans: r, names, tc_programs }
     }
 
     /// The drops of a flow's tuples, merged by reason, place and the hop they followed.
@@ -136,19 +139,40 @@ impl<'a> DropIndex<'a> {
     where
         I: Iterator<Item = &'h Hop> + Clone,
     {
-        let mut merged: BTreeMap<(String, String, Option<HopName>), u64> = BTreeMap::new();
+        type Place = (String, String, Option<HopName>, Option<String>);
+        let mut merged: BTreeMap<Place, u64> = BTreeMap::new();
         for t in tuples {
             for (k, s) in self.drops.get(t).into_iter().flatten() {
                 let hop = after_hop(hops(), &k.tuple, s.last_ns);
-                *merged
-                    .entry((self.names.reason(k.reason), self.names.location(k.location), hop))
-                    .or_default() += s.count;
+                let reason = self.names.reason(k.reason);
+                let program = self.tc_program(k.ifindex, &reason);
+                *merged.entry((reason, self.names.location(k.location), hop, program)).or_default() +=
+                    s.count;
             }
         }
         merged
             .into_iter()
-            .map(|((reason, location, after_hop), count)| FlowDrop { reason, location, after_hop, count })
+            .map(|((reason, location, after_hop, program), count)| FlowDrop {
+                reason,
+                location,
+                after_hop,
+                program,
+                count,
+            })
             .collect()
+    }
+
+    /// The one foreign tc program on the hook a `TC_INGRESS`/`TC_EGRESS` drop happened at.
+    fn tc_program(&self, ifindex: u32, reason: &str) -> Option<String> {
+        let ingress = match reason {
+            "TC_INGRESS" => true,
+            "TC_EGRESS" => false,
+            _ => return None,
+        };
+        match self.tc_programs.get(&(ifindex, ingress)).map(Vec::as_slice) {
+            Some([one]) => Some(one.name.clone()),
+            _ => None,
+        }
     }
 
     /// TCP retransmissions of a flow's tuples.

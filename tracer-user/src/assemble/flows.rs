@@ -90,7 +90,7 @@ pub fn assemble_each(
     for c in &ct {
         uf.relate(&c.orig, &c.reply, true);
     }
-    let drops = DropIndex::new(obs.drops, obs.retransmits, names);
+    let drops = DropIndex::new(obs.drops, obs.retransmits, names, &ctx.tc_programs);
 
     // Group by root with sorted (root, index) lists: every connection's members are contiguous.
     let mut entries: Vec<(u32, u32, u8)> = obs
@@ -164,7 +164,7 @@ fn build(
     pod: &TracedPod,
     clock: Clock,
 ) -> Option<Flow> {
-    let on_veth = |ifindex: u32| pod.veth == Some(ifindex);
+    let on_veth = |ifindex: u32| pod.is_veth(ifindex);
     let mine = comp.entries.iter().any(|(k, _, _)| on_veth(k.ifindex) || touches(&k.tuple, &pod.ips))
         || comp.ct.iter().any(|c| touches(&c.orig, &pod.ips) || touches(&c.reply, &pod.ips));
     if !mine {
@@ -211,16 +211,21 @@ fn build(
             dnat = dnat.or(cd);
         }
     }
-    let (snat, dnat) = nat::name(snat, dnat, direction, ctx);
+    let (snat, dnat) = nat::name(snat, dnat, view.proto, ctx);
 
-    let eni_hop = match direction {
-        Direction::Egress => path.iter().rev().find(|h| h.role == Role::Eni && h.hook == Hook::Egress),
-        Direction::Ingress => path.iter().find(|h| h.role == Role::Eni && h.hook == Hook::Ingress),
+    // The ENI the flow left or entered by: a branch ENI rather than the trunk it rides on.
+    let (outer, edge) = match direction {
+        Direction::Egress => (Hook::Egress, path.iter().rev().collect::<Vec<_>>()),
+        Direction::Ingress => (Hook::Ingress, path.iter().collect()),
     };
+    let edge_hop = |role| edge.iter().find(|h| h.role == role && h.hook == outer);
+    let eni_hop = edge_hop(Role::BranchEni).or_else(|| edge_hop(Role::Eni));
     let eni = eni_hop.map(|h| h.ifname.clone());
-    let entered_by_eni = path.first().is_some_and(|h| h.role == Role::Eni && h.hook == Hook::Ingress);
+    let trunk_eni = eni_hop.and_then(|h| ctx.trunk(h.ifindex)).map(str::to_string);
+    let any_eni = |r: Role| matches!(r, Role::Eni | Role::BranchEni);
+    let entered_by_eni = path.first().is_some_and(|h| any_eni(h.role) && h.hook == Hook::Ingress);
     let node_crossing =
-        entered_by_eni && path.iter().skip(1).any(|h| h.role == Role::Eni && h.hook == Hook::Egress);
+        entered_by_eni && path.iter().skip(1).any(|h| any_eni(h.role) && h.hook == Hook::Egress);
     let from_outside = direction == Direction::Ingress && entered_by_eni;
     let ingress_mode = from_outside.then(|| {
         if dnat.as_ref().is_some_and(|d| ctx.node_ips.contains(&d.from.ip())) {
@@ -269,6 +274,8 @@ fn build(
         dst: addr::dst(&view),
         hop_latency_us: latencies(comp, ctx),
         eni,
+        trunk_eni,
+        branch_eni_id: pod.branch_eni_id.clone(),
         pod_ip_owner_eni: pod.owner_eni.clone(),
         snat,
         dnat,

@@ -10,6 +10,8 @@ use tracer_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tuple, hook}
 pub enum Role {
     PodVeth,
     Eni,
+    /// A branch ENI of Security Groups for Pods (a VLAN link on a trunk ENI).
+    BranchEni,
     Other,
 }
 
@@ -167,8 +169,12 @@ pub struct Nat {
     /// First hook that saw it rewritten.
     pub before_hop: Option<HopName>,
     pub kind: NatKind,
-    /// The rule chain holding the rewriting statement, when one was read from the node.
+    /// The chain holding the rewriting statement (`table/chain` for native nftables), when
+    /// one rule read from the node matches.
     pub chain: Option<String>,
+    /// The Kubernetes service (`namespace/name[:port]`) of a kube-proxy rewrite, from the
+    /// rule's comment (iptables mode) or chain name (nftables mode).
+    pub service: Option<String>,
 }
 
 /// Sampled delays between two hooks.
@@ -189,6 +195,9 @@ pub struct FlowDrop {
     pub reason: String,
     pub location: String,
     pub after_hop: Option<HopName>,
+    /// For a drop by a tc hook (`TC_INGRESS`/`TC_EGRESS`): the other tool's tc program that
+    /// runs there, when exactly one does (e.g. a network policy's `handle_egress`).
+    pub program: Option<String>,
     pub count: u64,
 }
 
@@ -205,7 +214,12 @@ pub struct Flow {
     pub dst: SocketAddr,
     pub path: Vec<Hop>,
     pub reply_path: Vec<Hop>,
+    /// The ENI (or branch ENI) the flow left or entered the node by.
     pub eni: Option<String>,
+    /// When `eni` is a branch ENI: the trunk ENI it rides on.
+    pub trunk_eni: Option<String>,
+    /// The AWS id of the pod's branch ENI (`vpc.amazonaws.com/pod-eni` annotation).
+    pub branch_eni_id: Option<String>,
     pub pod_ip_owner_eni: Option<String>,
     pub snat: Option<Nat>,
     pub dnat: Option<Nat>,

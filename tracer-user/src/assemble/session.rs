@@ -190,6 +190,11 @@ impl Session {
         self.tracer.mode
     }
 
+    /// Hooks another tool's tc filter hides from us (tc mode only), one line each.
+    pub fn blind_hooks(&self) -> Vec<String> {
+        self.tracer.blind_hooks()
+    }
+
     /// Detaches from interfaces that disappeared; returns their names.
     pub fn prune_vanished(&mut self) -> Vec<String> {
         let gone: Vec<(u32, String)> = self

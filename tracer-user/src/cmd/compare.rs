@@ -52,6 +52,9 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     // Endpoints on other nodes are traced where their flows cross this node.
     let targets = resolve_targets(&inv, &pods, true)?;
     let mut session = Session::start(&t.session(&targets), &targets.attach)?;
+    for hook in session.blind_hooks() {
+        eprintln!("warning: {hook}");
+    }
     preflight::drop_capabilities().context("dropping capabilities after attaching")?;
     eprintln!(
         "podtrace: tracing {} for compare on {} (Ctrl-C to stop)",
@@ -79,7 +82,14 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     let snap = session.poll()?;
     let flows = session.flows(&snap, &targets.ctx, &targets.pods);
     let report = aggregate(&flows, start.elapsed());
-    let summary = Summary::new(flows.len(), session.attached_names(), &snap.counters, session.user, vanished);
+    let summary = Summary::new(
+        flows.len(),
+        session.attached_names(),
+        &snap.counters,
+        session.user,
+        vanished,
+        &targets.ctx.rules,
+    );
     eprintln!("{}", summary.text(Style::plain()));
     match t.output {
         Format::Json => println!("{}", serde_json::to_string(&report)?),

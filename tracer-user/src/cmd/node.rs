@@ -8,9 +8,9 @@ use clap::Args;
 
 use super::options::parse_duration;
 use crate::{
-    node::{inventory::Inventory, pods},
+    node::{imds, inventory::Inventory, pods, rules::Ruleset},
     report::{
-        node::{INSTANCE_TYPES, render_table, report},
+        node::{Capacity, INSTANCE_TYPES, NodeFacts, render_table, report},
         table::{Format, Style},
     },
 };
@@ -22,7 +22,8 @@ pub struct NodeArgs {
     /// IPv4 addresses per ENI of this instance type (for free capacity and max pods).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..))]
     pub max_ips_per_eni: Option<u32>,
-    /// Instance type (e.g. t3.medium) to take ENIs and IPs per ENI from a built-in table.
+    /// Instance type (e.g. t3.medium) to take ENIs and IPs per ENI from a built-in table
+    /// (default: the type the instance metadata reports).
     #[arg(long, value_name = "TYPE")]
     pub instance_type: Option<String>,
     /// Pod names from a `kubectl get pods -A -o json` file (else pod IPs only, unless the
@@ -37,20 +38,30 @@ pub struct NodeArgs {
     pub watch: Option<Duration>,
 }
 
-fn read_nat_table() -> Option<String> {
-    let o = std::process::Command::new("iptables-save").args(["-t", "nat"]).output().ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
-fn ips_per_eni(args: &NodeArgs, found_enis: u32) -> Result<Option<(u32, u32)>> {
-    if let Some(t) = &args.instance_type {
-        let Some((_, enis, ips)) = INSTANCE_TYPES.iter().find(|(n, _, _)| n == t) else {
-            let known: Vec<&str> = INSTANCE_TYPES.iter().map(|(n, _, _)| *n).collect();
-            bail!("unknown instance type {t} (known: {}); give --max-ips-per-eni instead", known.join(", "));
-        };
-        return Ok(Some((*enis, args.max_ips_per_eni.unwrap_or(*ips))));
+/// ENIs and IPs per ENI: from `--instance-type` (or the type IMDS reports) in the built-in
+/// table, `--max-ips-per-eni` overriding the IPs.
+fn capacity(args: &NodeArgs, instance_type: Option<&str>, found_enis: u32) -> Result<Option<Capacity>> {
+    if let Some(t) = instance_type {
+        match INSTANCE_TYPES.iter().find(|(n, ..)| *n == t) {
+            Some((_, enis, ips, vcpus)) => {
+                return Ok(Some(Capacity {
+                    enis: *enis,
+                    ips_per_eni: args.max_ips_per_eni.unwrap_or(*ips),
+                    vcpus: Some(*vcpus),
+                }));
+            }
+            // A type named on the command line must be known; one IMDS reports may not be.
+            None if args.instance_type.is_some() => {
+                let known: Vec<&str> = INSTANCE_TYPES.iter().map(|(n, ..)| *n).collect();
+                bail!(
+                    "unknown instance type {t} (known: {}); give --max-ips-per-eni instead",
+                    known.join(", ")
+                );
+            }
+            None => {}
+        }
     }
-    Ok(args.max_ips_per_eni.map(|ips| (found_enis, ips)))
+    Ok(args.max_ips_per_eni.map(|ips| Capacity { enis: found_enis, ips_per_eni: ips, vcpus: None }))
 }
 
 pub async fn run(args: NodeArgs) -> Result<()> {
@@ -68,8 +79,19 @@ pub async fn run(args: NodeArgs) -> Result<()> {
                 .and_then(Result::ok)
                 .unwrap_or_default(),
         };
-        let capacity = ips_per_eni(&args, inv.enis.len() as u32)?;
-        let r = report(&inv, &pods, capacity, read_nat_table().as_deref());
+        let imds = imds::read().map_err(|e| format!("{e:#}"));
+        let instance_type =
+            args.instance_type.clone().or_else(|| imds.as_ref().ok().and_then(|i| i.instance_type.clone()));
+        let capacity = capacity(&args, instance_type.as_deref(), inv.enis.len() as u32)?;
+        let rules = Ruleset::read();
+        let r = report(&NodeFacts {
+            inv: &inv,
+            pods: &pods,
+            rules: &rules,
+            imds: imds.as_ref().map_err(Clone::clone),
+            instance_type,
+            capacity,
+        });
         match args.output {
             Format::Json => println!("{}", serde_json::to_string(&r)?),
             Format::Table => {

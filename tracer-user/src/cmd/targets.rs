@@ -10,7 +10,8 @@ use crate::{
     node::{
         inventory::Inventory,
         pods::{self, PodInfo},
-        rules::NatRules,
+        rules::Ruleset,
+        tc_programs,
     },
 };
 
@@ -36,6 +37,7 @@ pub async fn select_pods(args: &TraceArgs) -> Result<Vec<PodInfo>> {
             host_ip: None,
             phase: None,
             labels: Default::default(),
+            branch_enis: Vec::new(),
         });
     }
     if args.pods.is_empty() && args.selector.is_none() {
@@ -87,22 +89,29 @@ pub fn resolve_targets(inv: &Inventory, pods: &[PodInfo], allow_remote: bool) ->
                 ),
             }
         }
-        traced.push(TracedPod {
-            name: p.name.clone(),
-            namespace: p.namespace.clone(),
-            ips: ips.to_vec(),
-            veth: veth.map(|l| l.index),
-            owner_eni: veth.and_then(|_| inv.pod_ip_owner_eni(ips[0])).map(|e| e.name.clone()),
-        });
+        let mut pod = match veth {
+            Some(v) => TracedPod::on_node(inv, v, p.name.clone(), p.namespace.clone(), ips.to_vec()),
+            None => TracedPod {
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+                ips: ips.to_vec(),
+                ..Default::default()
+            },
+        };
+        pod.branch_eni_id = p.branch_eni_id();
+        traced.push(pod);
     }
-    let ctx = NodeContext::new(inv, NatRules::read());
+    let ctx = NodeContext::new(inv, Ruleset::read());
+    // Every ENI and branch ENI (the way in and out), and the traced pods' veths.
     let mut attach: Vec<(u32, String)> = inv.enis.iter().map(|e| (e.ifindex, e.name.clone())).collect();
-    for p in &traced {
-        if let Some(v) = p.veth {
-            attach.push((v, ctx.ifname(v)));
-        }
+    attach.extend(inv.branches.iter().map(|b| (b.ifindex, b.name.clone())));
+    for v in traced.iter().flat_map(|p| &p.veths) {
+        attach.push((*v, ctx.ifname(*v)));
     }
+    attach.sort();
     attach.dedup();
+    let mut ctx = ctx;
+    ctx.tc_programs = tc_programs::read(attach.iter().map(|(i, _)| *i));
     let mut filter: Vec<IpAddr> = traced.iter().flat_map(|p| p.ips.iter().copied()).collect();
     filter.extend(node_ips);
     Ok(Targets { pods: traced, ctx, attach, filter })

@@ -91,6 +91,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let inv = Inventory::read(&args.enis)?;
     let targets = resolve_targets(&inv, &pods, false)?;
     let mut session = Session::start(&args.session(&targets), &targets.attach)?;
+    for hook in session.blind_hooks() {
+        eprintln!("warning: {hook}");
+    }
     let kept = preflight::drop_capabilities().context("dropping capabilities after attaching")?;
     log::debug!("capabilities kept after attaching: {kept:?}");
     follow(&mut session, &targets, &args).await
@@ -164,7 +167,14 @@ async fn follow(session: &mut Session, t: &Targets, args: &TraceArgs) -> Result<
         Format::Table => table::table(&mut stdout, &flows, style)?,
     }
     stdout.flush()?;
-    let summary = Summary::new(flows.len(), session.attached_names(), &snap.counters, session.user, vanished);
+    let summary = Summary::new(
+        flows.len(),
+        session.attached_names(),
+        &snap.counters,
+        session.user,
+        vanished,
+        &t.ctx.rules,
+    );
     match args.output {
         Format::Json => eprintln!("podtrace summary: {}", serde_json::to_string(&summary)?),
         Format::Table => eprintln!("{}", summary.text(style)),

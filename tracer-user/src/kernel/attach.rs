@@ -22,6 +22,9 @@ use tracer_common::names;
 
 use super::load::{self, LoadOptions};
 
+/// The handle of podtrace's clsact filters (`pt` in ASCII): anything but 1.
+pub const OUR_TC_HANDLE: tc::TcHandle = tc::TcHandle::new(0x7074, 0);
+
 /// How programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -148,7 +151,12 @@ impl Tracer {
         let name = prog_name(direction);
         let prog = classifier(&mut self.ebpf, name)?;
         let how = match mode {
-            AttachMode::Tc => TcAttach::Netlink { parent: direction.into(), options: NlOptions::default() },
+            // Never handle 1: aws-network-policy-agent's detach deletes the first filter with
+            // handle 1 on the hook, whatever its priority.
+            AttachMode::Tc => TcAttach::Netlink {
+                parent: direction.into(),
+                options: NlOptions { handle: OUR_TC_HANDLE, ..NlOptions::default() },
+            },
             _ => TcAttach::Tcx { attach_type: direction, order: LinkOrder::first() },
         };
         prog.attach(ifindex, how)
@@ -192,6 +200,47 @@ impl Tracer {
     pub fn is_attached(&self, ifindex: u32) -> bool {
         self.attached.contains_key(&ifindex)
     }
+
+    /// In tc mode, the hooks where another tool's direct-action filter runs before ours (a
+    /// lower prio): its verdict ends tc classification, so our program never sees the
+    /// packets there. One line per hook, naming the interface and the program.
+    pub fn blind_hooks(&self) -> Vec<String> {
+        if self.mode != AttachMode::Tc {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (ifindex, a) in &self.attached {
+            let Ok(filters) = super::tc::bpf_filters(*ifindex) else { continue };
+            for (parent, hook) in
+                [(super::tc::PARENT_INGRESS, "ingress"), (super::tc::PARENT_EGRESS, "egress")]
+            {
+                let on_hook = filters.iter().filter(|f| f.parent == parent);
+                let Some(ours) =
+                    on_hook.clone().find(|f| super::leftovers::is_ours(&f.name)).map(|f| f.priority)
+                else {
+                    continue;
+                };
+                for f in on_hook
+                    .filter(|f| !super::leftovers::is_ours(&f.name) && f.direct_action && f.priority < ours)
+                {
+                    let name = f.prog_id.and_then(program_name).unwrap_or_else(|| f.name.clone());
+                    out.push(format!(
+                        "{} {hook}: podtrace runs after `{name}` (prio {}), which ends tc classification; this hop is not seen — use tcx (kernel ≥ 6.6)",
+                        a.ifname, f.priority
+                    ));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The kernel's name of a loaded BPF program (bpf prog info), by id.
+pub fn program_name(id: u32) -> Option<String> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == id)
+        .and_then(|p| p.name_as_str().map(str::to_string))
 }
 
 impl Drop for Tracer {

@@ -29,7 +29,7 @@ pub fn held_program_ids() -> HashSet<u32> {
     ids
 }
 
-fn is_ours(name: &str) -> bool {
+pub fn is_ours(name: &str) -> bool {
     // The kernel truncates program names to 15 characters.
     [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS].iter().any(|n| n.starts_with(name) && !name.is_empty())
 }

@@ -8,5 +8,6 @@ pub mod leftovers;
 pub mod load;
 pub mod maps;
 pub mod netlink;
+pub mod nfnetlink;
 pub mod preflight;
 pub mod tc;

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use netlink_packet_route::{
     RouteNetlinkMessage,
-    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
+    tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
 };
 
 use super::netlink::{dump, request};
@@ -26,6 +26,9 @@ pub struct BpfFilter {
     pub name: String,
     /// The kernel id of the attached program (TCA_BPF_ID).
     pub prog_id: Option<u32>,
+    /// Direct-action mode: the program's return value is the verdict (TC_ACT_OK ends tc
+    /// classification, TC_ACT_SHOT drops).
+    pub direct_action: bool,
 }
 
 /// BPF filters on the ingress and egress parents of one interface.
@@ -47,11 +50,14 @@ pub fn bpf_filters(ifindex: u32) -> Result<Vec<BpfFilter>> {
                 let TcAttribute::Options(opts) = a else {
                     continue;
                 };
-                let (mut name, mut prog_id) = (None, None);
+                let (mut name, mut prog_id, mut direct_action) = (None, None, false);
                 for o in opts {
                     match o {
                         TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name = Some(n.clone()),
                         TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => prog_id = Some(*i),
+                        TcOption::Bpf(TcFilterBpfOption::Flags(f)) => {
+                            direct_action = f.contains(TcBpfFlags::DirectAction)
+                        }
                         _ => {}
                     }
                 }
@@ -64,6 +70,7 @@ pub fn bpf_filters(ifindex: u32) -> Result<Vec<BpfFilter>> {
                         handle: f.header.handle.into(),
                         name,
                         prog_id,
+                        direct_action,
                     });
                 }
             }

@@ -4,17 +4,14 @@
 use std::io;
 
 use anyhow::{Context, Result};
-use netlink_sys::{Socket, SocketAddr};
+use netlink_sys::Socket;
 use tracer_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, Tuple};
 
-const NETLINK_NETFILTER: isize = 12;
+use crate::kernel::nfnetlink::{self, DumpError, attrs, be16, be32, messages};
+
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_NEW: u16 = 0;
 const IPCTNL_MSG_CT_GET: u16 = 1;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 /// Multicast groups: NFNLGRP_CONNTRACK_NEW = 1, _UPDATE = 2.
 const GROUPS: [u32; 2] = [1, 2];
 
@@ -53,33 +50,6 @@ impl CtEntry {
     pub fn dst_nat(&self) -> bool {
         self.orig.dst != self.reply.src || self.orig.dport != self.reply.sport
     }
-}
-
-/// Iterates over netlink attributes: (type without flags, payload). Stops at the first
-/// malformed attribute instead of reading past the buffer.
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        let aligned = (len + 3) & !3;
-        buf = if aligned >= buf.len() { &[] } else { &buf[aligned..] };
-        Some((ty, payload))
-    })
-}
-
-fn be16(b: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes(b.get(..2)?.try_into().ok()?))
-}
-
-fn be32(b: &[u8]) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(..4)?.try_into().ok()?))
 }
 
 fn parse_tuple(buf: &[u8]) -> Option<Tuple> {
@@ -146,59 +116,12 @@ pub fn parse_entry(payload: &[u8]) -> Option<CtEntry> {
     Some(CtEntry { orig: orig?, reply: reply?, status, mark, id })
 }
 
-/// Splits a netlink datagram into (type, payload) messages.
-pub fn messages(buf: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    let mut off = 0;
-    while off + 16 <= buf.len() {
-        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
-        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-        if len < 16 || off + len > buf.len() {
-            break;
-        }
-        out.push((ty, &buf[off + 16..off + len]));
-        off += (len + 3) & !3;
-    }
-    out
-}
-
-fn socket() -> io::Result<Socket> {
-    let mut s = Socket::new(NETLINK_NETFILTER)?;
-    s.bind_auto()?;
-    Ok(s)
-}
-
 fn dump_family(family: u8) -> Result<Vec<CtEntry>> {
-    let sock = socket().context("opening a ctnetlink socket (needs CAP_NET_ADMIN)")?;
-    let mut req = Vec::with_capacity(20);
-    req.extend_from_slice(&20u32.to_ne_bytes());
-    req.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
-    req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    req.extend_from_slice(&0u32.to_ne_bytes()); // port id
-    req.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg
-    sock.send_to(&req, &SocketAddr::new(0, 0), 0).context("ctnetlink dump request")?;
-    let mut out = Vec::new();
-    loop {
-        let (buf, _) = sock.recv_from_full().context("ctnetlink dump")?;
-        for (ty, payload) in messages(&buf) {
-            match ty {
-                NLMSG_DONE => return Ok(out),
-                NLMSG_ERROR => {
-                    let code = payload.get(..4).map(|b| i32::from_ne_bytes(b.try_into().expect("4")));
-                    match code {
-                        Some(0) | None => return Ok(out),
-                        // No conntrack module loaded: no entries rather than an error.
-                        Some(c) if -c == libc::ENOENT || -c == libc::EOPNOTSUPP => return Ok(out),
-                        Some(c) => return Err(io::Error::from_raw_os_error(-c)).context("ctnetlink dump"),
-                    }
-                }
-                t if t & 0xff == IPCTNL_MSG_CT_NEW && t >> 8 == NFNL_SUBSYS_CTNETLINK => {
-                    out.extend(parse_entry(payload));
-                }
-                _ => {}
-            }
-        }
+    match nfnetlink::dump(NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET, family, &[]) {
+        Ok(payloads) => Ok(payloads.iter().filter_map(|p| parse_entry(p)).collect()),
+        // No conntrack module loaded: no entries rather than an error.
+        Err(DumpError::Errno(e)) if e == libc::ENOENT || e == libc::EOPNOTSUPP => Ok(Vec::new()),
+        Err(e) => Err(e).context("ctnetlink dump (needs CAP_NET_ADMIN)"),
     }
 }
 
@@ -216,7 +139,7 @@ pub struct Events {
 
 impl Events {
     pub fn subscribe() -> Result<Events> {
-        let sock = socket().context("opening a ctnetlink event socket")?;
+        let sock = nfnetlink::socket().context("opening a ctnetlink event socket")?;
         for g in GROUPS {
             sock.add_membership(g).context("joining conntrack event groups")?;
         }
@@ -250,8 +173,8 @@ impl Events {
         let (buf, _) = self.sock.recv_from_full()?;
         Ok(messages(&buf)
             .into_iter()
-            .filter(|(ty, _)| ty >> 8 == NFNL_SUBSYS_CTNETLINK && ty & 0xff == IPCTNL_MSG_CT_NEW)
-            .filter_map(|(_, p)| parse_entry(p))
+            .filter(|m| m.ty >> 8 == NFNL_SUBSYS_CTNETLINK && m.ty & 0xff == IPCTNL_MSG_CT_NEW)
+            .filter_map(|m| parse_entry(m.payload))
             .collect())
     }
 }

@@ -5,7 +5,7 @@ use anyhow::Result;
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage},
-    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
     rule::{RuleAction, RuleAttribute, RuleMessage},
 };
@@ -22,6 +22,14 @@ pub struct Link {
     pub kind: Option<String>,
     pub up: bool,
     pub mtu: u32,
+    /// IFLA_LINK: the lower device of a VLAN or macvlan link (same namespace), or a veth's
+    /// peer (in the namespace `peer_netns` names).
+    pub parent: Option<u32>,
+    /// IFLA_LINK_NETNSID: the namespace of a veth's peer, as this namespace numbers it. The
+    /// host veths of one pod share it.
+    pub peer_netns: Option<i32>,
+    /// The 802.1Q id of a VLAN link.
+    pub vlan_id: Option<u16>,
 }
 
 /// An address configured on an interface.
@@ -74,6 +82,9 @@ pub(crate) fn link_from(l: LinkMessage) -> Link {
         kind: None,
         up: l.header.flags.contains(LinkFlags::Up),
         mtu: 0,
+        parent: None,
+        peer_netns: None,
+        vlan_id: None,
     };
     for a in l.attributes {
         match a {
@@ -82,13 +93,24 @@ pub(crate) fn link_from(l: LinkMessage) -> Link {
                 link.mac = Some([m[0], m[1], m[2], m[3], m[4], m[5]]);
             }
             LinkAttribute::Mtu(m) => link.mtu = m,
+            LinkAttribute::Link(i) => link.parent = Some(i),
+            LinkAttribute::LinkNetNsId(n) => link.peer_netns = Some(n),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
-                    if let LinkInfo::Kind(k) = i {
-                        link.kind = Some(match k {
-                            InfoKind::Veth => "veth".to_string(),
-                            other => format!("{other:?}").to_lowercase(),
-                        });
+                    match i {
+                        LinkInfo::Kind(k) => {
+                            link.kind = Some(match k {
+                                InfoKind::Veth => "veth".to_string(),
+                                other => format!("{other:?}").to_lowercase(),
+                            });
+                        }
+                        LinkInfo::Data(InfoData::Vlan(v)) => {
+                            link.vlan_id = v.iter().find_map(|a| match a {
+                                InfoVlan::Id(id) => Some(*id),
+                                _ => None,
+                            });
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -4,9 +4,11 @@
 pub mod addr_math;
 pub mod conntrack;
 pub mod health;
+pub mod imds;
 pub mod inventory;
 pub mod link_events;
 pub mod links;
 pub mod pod_source;
 pub mod pods;
 pub mod rules;
+pub mod tc_programs;

@@ -15,7 +15,28 @@ pub struct PodInfo {
     pub host_ip: Option<IpAddr>,
     pub phase: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// Branch ENIs of a Security Groups for Pods pod (`vpc.amazonaws.com/pod-eni`).
+    pub branch_enis: Vec<BranchEni>,
 }
+
+/// One entry of the `vpc.amazonaws.com/pod-eni` annotation the VPC resource controller writes
+/// on a Security Groups for Pods pod (a JSON list).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchEni {
+    pub eni_id: String,
+    #[serde(default)]
+    pub if_address: Option<String>,
+    #[serde(default)]
+    pub private_ip: Option<String>,
+    #[serde(default)]
+    pub vlan_id: Option<u16>,
+    #[serde(default)]
+    pub subnet_cidr: Option<String>,
+}
+
+/// The pod annotation listing a pod's branch ENIs.
+pub const POD_ENI_ANNOTATION: &str = "vpc.amazonaws.com/pod-eni";
 
 impl PodInfo {
     pub fn from_pod(p: &Pod) -> Option<PodInfo> {
@@ -38,7 +59,24 @@ impl PodInfo {
             host_ip: status.and_then(|s| s.host_ip.as_ref()).and_then(|i| i.parse().ok()),
             phase: status.and_then(|s| s.phase.clone()),
             labels: meta.labels.clone().unwrap_or_default(),
+            // A malformed annotation names no branch ENI (nothing is guessed from it).
+            branch_enis: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(POD_ENI_ANNOTATION))
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default(),
         })
+    }
+
+    /// The AWS id of the branch ENI that carries one of the pod's IPs.
+    pub fn branch_eni_id(&self) -> Option<String> {
+        self.branch_enis
+            .iter()
+            .find(|b| {
+                b.private_ip.as_deref().and_then(|i| i.parse().ok()).is_some_and(|ip| self.ips.contains(&ip))
+            })
+            .map(|b| b.eni_id.clone())
     }
 
     /// `namespace/name`

@@ -40,6 +40,7 @@ pub struct NatReport {
     pub before_hop: Option<HopName>,
     pub kind: NatKind,
     pub chain: Option<String>,
+    pub service: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +58,7 @@ pub struct DropReport {
     pub reason: String,
     pub location: String,
     pub after_hop: Option<HopName>,
+    pub program: Option<String>,
     pub count: u64,
 }
 
@@ -73,6 +75,8 @@ pub struct FlowReport {
     pub path: Vec<HopReport>,
     pub reply_path: Vec<HopReport>,
     pub eni: Option<String>,
+    pub trunk_eni: Option<String>,
+    pub branch_eni_id: Option<String>,
     pub pod_ip_owner_eni: Option<String>,
     pub snat: Option<NatReport>,
     pub dnat: Option<NatReport>,
@@ -115,6 +119,7 @@ impl From<&Nat> for NatReport {
             before_hop: n.before_hop.clone(),
             kind: n.kind,
             chain: n.chain.clone(),
+            service: n.service.clone(),
         }
     }
 }
@@ -138,6 +143,7 @@ impl From<&FlowDrop> for DropReport {
             reason: d.reason.clone(),
             location: d.location.clone(),
             after_hop: d.after_hop.clone(),
+            program: d.program.clone(),
             count: d.count,
         }
     }
@@ -156,6 +162,8 @@ impl From<&Flow> for FlowReport {
             path: f.path.iter().map(HopReport::from).collect(),
             reply_path: f.reply_path.iter().map(HopReport::from).collect(),
             eni: f.eni.clone(),
+            trunk_eni: f.trunk_eni.clone(),
+            branch_eni_id: f.branch_eni_id.clone(),
             pod_ip_owner_eni: f.pod_ip_owner_eni.clone(),
             snat: f.snat.as_ref().map(NatReport::from),
             dnat: f.dnat.as_ref().map(NatReport::from),
@@ -221,12 +229,13 @@ impl Text for Role {
         match self {
             Role::PodVeth => "pod-veth",
             Role::Eni => "eni",
+            Role::BranchEni => "branch-eni",
             Role::Other => "other",
         }
         .into()
     }
     fn parse(s: &str) -> Option<Self> {
-        parse_among(&[Role::PodVeth, Role::Eni, Role::Other], s)
+        parse_among(&[Role::PodVeth, Role::Eni, Role::BranchEni, Role::Other], s)
     }
 }
 

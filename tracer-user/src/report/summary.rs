@@ -3,7 +3,11 @@ use serde::Serialize;
 use tracer_common::counter;
 
 use super::table::Style;
-use crate::{assemble::session::UserCounters, kernel::maps::Counters};
+use crate::{
+    assemble::session::UserCounters,
+    kernel::maps::Counters,
+    node::rules::{BackendRead, Ruleset, backends_text},
+};
 
 #[derive(Serialize)]
 pub struct Summary {
@@ -13,6 +17,10 @@ pub struct Summary {
     pub user: UserCounters,
     /// Interfaces that disappeared while tracing.
     pub vanished: Vec<String>,
+    /// The rule backends read to name rewrites, and why one could not be read.
+    pub rule_backends: Vec<BackendRead>,
+    /// The VPC CNI's pod SNAT rules found (empty: pods leave the VPC with their own IPs).
+    pub pod_egress_snat: Vec<String>,
 }
 
 impl Summary {
@@ -22,9 +30,18 @@ impl Summary {
         counters: &Counters,
         user: UserCounters,
         vanished: Vec<String>,
+        rules: &Ruleset,
     ) -> Summary {
         let counters = counter::NAMES.iter().zip(counters.iter()).map(|(n, v)| (*n, *v)).collect();
-        Summary { flows, interfaces, counters, user, vanished }
+        Summary {
+            flows,
+            interfaces,
+            counters,
+            user,
+            vanished,
+            rule_backends: rules.backends.clone(),
+            pod_egress_snat: rules.pod_egress_snat(),
+        }
     }
 
     pub fn text(&self, style: Style) -> String {
@@ -43,6 +60,12 @@ impl Summary {
             "user: hop_events_evicted={} conntrack_dump_errors={}",
             self.user.hop_events_evicted, self.user.conntrack_dump_errors
         );
+        s += &format!("\nrules: {}", backends_text(&self.rule_backends));
+        if self.pod_egress_snat.is_empty() {
+            s += "\npod egress SNAT: none (no AWS-SNAT-CHAIN rule): pods leave the VPC with their own IPs";
+        } else {
+            s += &format!("\npod egress SNAT: {}", self.pod_egress_snat.join("; "));
+        }
         if !self.vanished.is_empty() {
             s += &format!(
                 "\n{}",

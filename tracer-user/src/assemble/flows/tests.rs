@@ -27,9 +27,10 @@ fn entry(tuple: Tuple, ifindex: u32, h: u8, first: u64) -> (FlowKey, FlowStats) 
 
 fn ctx() -> NodeContext {
     let mut c = NodeContext::default();
-    c.ifaces.insert(1, Iface { name: "eth0".into(), role: Role::Eni });
-    c.ifaces.insert(2, Iface { name: "eth1".into(), role: Role::Eni });
-    c.ifaces.insert(5, Iface { name: "enib".into(), role: Role::PodVeth });
+    let iface = |name: &str, role| Iface { name: name.into(), role, trunk: None };
+    c.ifaces.insert(1, iface("eth0", Role::Eni));
+    c.ifaces.insert(2, iface("eth1", Role::Eni));
+    c.ifaces.insert(5, iface("enib", Role::PodVeth));
     c.node_ips.insert("198.18.1.10".parse().unwrap());
     c
 }
@@ -39,8 +40,9 @@ fn pod() -> TracedPod {
         name: "web-2".into(),
         namespace: "default".into(),
         ips: vec!["198.18.2.11".parse().unwrap()],
-        veth: Some(5),
+        veths: vec![5],
         owner_eni: Some("eth1".into()),
+        branch_eni_id: None,
     }
 }
 
@@ -100,7 +102,11 @@ fn conntrack_joins_a_nodeport_flow_without_samples() {
     assert_eq!(r.direction, Direction::Ingress);
     assert_eq!(r.ingress_mode, Some(IngressMode::Nodeport));
     assert_eq!(r.dnat.as_ref().unwrap().to, sa("198.18.2.11:8080"));
-    assert_eq!(r.dnat.as_ref().unwrap().kind, NatKind::NodeportDnat);
+    // No rules in this context: the tuples prove a DNAT from a node address, not which rule.
+    assert_eq!(
+        (r.dnat.as_ref().unwrap().kind, r.dnat.as_ref().unwrap().chain.as_deref()),
+        (NatKind::Dnat, None)
+    );
     assert_eq!(r.snat.as_ref().unwrap().to, sa("198.18.1.10:7777"));
     assert_eq!(r.snat.as_ref().unwrap().kind, NatKind::Masquerade);
     assert_eq!(r.client_ip_preserved, Some(false));

@@ -29,6 +29,20 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    pod: String,
+    namespace: String,
+    mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    pod: String,
+    namespace: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NameLabel {
     name: String,
 }
@@ -62,8 +76,8 @@ pub fn render(state: &State) -> String {
     let bytes = counter_family::<PodEniLabels>(&mut reg, "bytes", "Bytes of the pod's flows, by ENI");
     let nat = counter_family::<KindLabels>(&mut reg, "nat_flows", "Flows rewritten by the node, by NAT kind");
     let modes =
-        counter_family::<KindLabels>(&mut reg, "ingress_flows", "Ingress flows by mode (nodeport, direct)");
-    let drops = counter_family::<KindLabels>(
+        counter_family::<ModeLabels>(&mut reg, "ingress_flows", "Ingress flows by mode (nodeport, direct)");
+    let drops = counter_family::<ReasonLabels>(
         &mut reg,
         "dropped_packets",
         "Packets of the pod's flows dropped by the kernel, by reason",
@@ -109,11 +123,18 @@ pub fn render(state: &State) -> String {
     for ((pod, kind), n) in &live.nat {
         nat.get_or_create(&kind_labels(pod, kind.as_str())).inc_by(*n);
     }
-    for ((pod, mode), n) in &live.ingress_modes {
-        modes.get_or_create(&kind_labels(pod, mode.as_str())).inc_by(*n);
+    for (((pod, namespace), mode), n) in &live.ingress_modes {
+        let l =
+            ModeLabels { pod: pod.to_string(), namespace: namespace.to_string(), mode: mode.as_str().into() };
+        modes.get_or_create(&l).inc_by(*n);
     }
-    for ((pod, reason), n) in &live.drops {
-        drops.get_or_create(&kind_labels(pod, reason)).inc_by(*n);
+    for (((pod, namespace), reason), n) in &live.drops {
+        let l = ReasonLabels {
+            pod: pod.to_string(),
+            namespace: namespace.to_string(),
+            reason: reason.to_string(),
+        };
+        drops.get_or_create(&l).inc_by(*n);
     }
     let mut per_eni = state.expired_totals.clone();
     for (key, (p, b)) in &live.traffic {

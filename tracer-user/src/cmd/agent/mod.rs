@@ -30,7 +30,7 @@ use crate::{
         session::{Session, SessionOptions, Wake},
     },
     kernel::{attach::AttachMode, leftovers, load::SampleRate, preflight},
-    node::{inventory::Inventory, link_events, pod_source, pods, rules::NatRules},
+    node::{inventory::Inventory, link_events, pod_source, pods, rules::Ruleset},
 };
 use poll_times::PollTimes;
 use state::{Interner, Shared, State};
@@ -126,7 +126,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let (tx, mut link_events) = tokio::sync::mpsc::unbounded_channel();
     link_events::watch(tx)?;
     let state: Shared = Arc::new(RwLock::new(State::default()));
-    let ctx = NodeContext::new(&inv, NatRules::read());
+    let ctx = NodeContext::new(&inv, Ruleset::read());
     let mut agent = Agent {
         args: args.clone(),
         session,
@@ -137,6 +137,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         pods: Vec::new(),
         interner: Interner::default(),
         last: None,
+        blind: Default::default(),
     };
     agent.reconcile()?;
     // A first snapshot before the API answers: /healthz is true from the first request on.

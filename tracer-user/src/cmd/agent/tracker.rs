@@ -1,10 +1,7 @@
 //! The agent's work between wake-ups: follow the node's links (attach new pod veths, detach
 //! gone ones), poll the session into per-pod totals, expire and evict flows, and build `/flows`
 //! answers from the last snapshot.
-use std::{
-    collections::{HashMap, HashSet},
-    time::Instant,
-};
+use std::{collections::HashSet, time::Instant};
 
 use anyhow::Result;
 use tracer_common::FlowKey;
@@ -19,7 +16,8 @@ use crate::{
         session::{Session, Snapshot},
     },
     node::{
-        inventory::Inventory, link_events::LinkEvent, links::Link, pod_source::PodCache, rules::NatRules,
+        inventory::Inventory, link_events::LinkEvent, links::Link, pod_source::PodCache, rules::Ruleset,
+        tc_programs,
     },
     report::json::FlowReport,
 };
@@ -28,30 +26,42 @@ fn is_pod_link(l: &Link) -> bool {
     l.kind.as_deref() == Some("veth")
 }
 
-/// The interfaces the agent traces: every ENI and every veth.
+/// The interfaces the agent traces: every ENI, every branch ENI and every veth.
 pub fn wanted_links(inv: &Inventory) -> Vec<(u32, String)> {
     let mut v: Vec<(u32, String)> = inv.enis.iter().map(|e| (e.ifindex, e.name.clone())).collect();
+    v.extend(inv.branches.iter().map(|b| (b.ifindex, b.name.clone())));
     for l in inv.links.iter().filter(|l| is_pod_link(l) && inv.eni(l.index).is_none()) {
         v.push((l.index, l.name.clone()));
     }
     v
 }
 
-/// Pods of this node (from their /32 routes), named from the pod cache when known.
+/// Pods of this node (from their /32 routes, one per set of sibling veths), named from the
+/// pod cache when known.
 pub fn node_pods(inv: &Inventory, cache: &PodCache) -> Vec<TracedPod> {
-    let mut by_veth: HashMap<u32, TracedPod> = HashMap::new();
-    for (ip, veth) in inv.pod_routes() {
-        let meta = cache.get(&ip);
-        let p = by_veth.entry(veth.index).or_insert_with(|| TracedPod {
-            name: meta.as_ref().map(|m| m.name.clone()).unwrap_or_else(|| ip.to_string()),
-            namespace: meta.as_ref().map(|m| m.namespace.clone()).unwrap_or_default(),
-            ips: Vec::new(),
-            veth: Some(veth.index),
-            owner_eni: inv.pod_ip_owner_eni(ip).map(|e| e.name.clone()),
+    let mut seen: HashSet<u32> = HashSet::new();
+    let mut out = Vec::new();
+    for (_, veth) in inv.pod_routes() {
+        if seen.contains(&veth.index) {
+            continue;
+        }
+        let mut pod = TracedPod::on_node(inv, veth, String::new(), String::new(), Vec::new());
+        seen.extend(pod.veths.iter().copied());
+        // Link-local addresses (egress-cni's 169.254.172.x) come last: not the pod's name.
+        pod.ips.sort_by_key(|ip| match ip {
+            std::net::IpAddr::V4(v4) => v4.is_link_local(),
+            std::net::IpAddr::V6(_) => false,
         });
-        p.ips.push(ip);
+        match pod.ips.iter().find_map(|ip| cache.get(ip)) {
+            Some(meta) => {
+                pod.branch_eni_id = meta.branch_eni_id();
+                (pod.name, pod.namespace) = (meta.name, meta.namespace);
+            }
+            None => pod.name = pod.ips.first().map(|ip| ip.to_string()).unwrap_or_default(),
+        }
+        out.push(pod);
     }
-    by_veth.into_values().collect()
+    out
 }
 
 /// Gives the pages a large poll freed back to the system (glibc keeps them otherwise, and the
@@ -81,6 +91,8 @@ pub struct Agent {
     pub interner: Interner,
     /// The last poll's kernel data, to build `/flows` answers from.
     pub last: Option<Snapshot>,
+    /// Blind hooks already warned about (tc mode beside another tool's filters).
+    pub blind: HashSet<String>,
 }
 
 impl Agent {
@@ -118,7 +130,10 @@ impl Agent {
                         log::warn!("reconcile: {e:#}");
                     }
                 }
-                LinkEvent::New(l) if is_pod_link(&l) => {
+                // A pod's veth, or a branch ENI's VLAN link on one of our ENIs.
+                LinkEvent::New(l)
+                    if is_pod_link(&l) || l.parent.is_some_and(|p| self.inv.eni(p).is_some()) =>
+                {
                     log::debug!("link {} ({}) appeared", l.name, l.index);
                     new.retain(|(i, _)| *i != l.index);
                     new.push((l.index, l.name));
@@ -146,7 +161,13 @@ impl Agent {
         for i in stale {
             self.detach(i);
         }
-        self.ctx = NodeContext::new(&self.inv, NatRules::read());
+        self.ctx = NodeContext::new(&self.inv, Ruleset::read());
+        self.ctx.tc_programs = tc_programs::read(want.iter().map(|(i, _)| *i));
+        for hook in self.session.blind_hooks() {
+            if self.blind.insert(hook.clone()) {
+                log::warn!("{hook}");
+            }
+        }
         Ok(())
     }
 
@@ -283,6 +304,9 @@ mod tests {
             kind: kind.map(str::to_string),
             up: true,
             mtu: 1500,
+            parent: None,
+            peer_netns: None,
+            vlan_id: None,
         };
         let route = |dst: &str, len, oif| Route {
             table: 254,
@@ -305,7 +329,7 @@ mod tests {
         let pods = node_pods(&inv, &cache);
         assert_eq!(pods.len(), 1);
         assert_eq!(pods[0].name, "web-1");
-        assert_eq!(pods[0].veth, Some(7));
+        assert_eq!(pods[0].veths, vec![7]);
         assert_eq!(pods[0].ips, vec!["198.18.1.11".parse::<std::net::IpAddr>().unwrap()]);
         assert_eq!(wanted_links(&inv), vec![(2, "eth0".to_string()), (7, "enia".to_string())]);
     }

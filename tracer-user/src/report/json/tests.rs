@@ -49,6 +49,8 @@ fn nodeport_flow() -> Flow {
             "198.18.1.10:2590",
         )],
         eni: Some("eth0".into()),
+        trunk_eni: None,
+        branch_eni_id: None,
         pod_ip_owner_eni: Some("eth1".into()),
         snat: Some(Nat {
             from: sa("198.18.100.10:35750"),
@@ -57,6 +59,7 @@ fn nodeport_flow() -> Flow {
             before_hop: Some(name("eni9fb0db7f13e/egress")),
             kind: NatKind::Masquerade,
             chain: Some("KUBE-POSTROUTING".into()),
+            service: Some("default/web".into()),
         }),
         dnat: Some(Nat {
             from: sa("198.18.1.10:30080"),
@@ -65,6 +68,7 @@ fn nodeport_flow() -> Flow {
             before_hop: None,
             kind: NatKind::NodeportDnat,
             chain: None,
+            service: None,
         }),
         ingress_mode: Some(IngressMode::Nodeport),
         hop_latency_us: vec![HopLatency {
@@ -85,6 +89,7 @@ fn nodeport_flow() -> Flow {
             reason: "NETFILTER_DROP".into(),
             location: "nf_hook_slow+0x9c".into(),
             after_hop: Some(name("eth0/ingress")),
+            program: None,
             count: 3,
         }],
         retransmits: 1,
@@ -101,14 +106,14 @@ const GOLDEN: &str = concat!(
     r#""path":[{"ifname":"eth0","role":"eni","hook":"ingress","src":"198.18.100.10:35750","dst":"198.18.1.10:30080","packets":10,"bytes":1234},"#,
     r#"{"ifname":"eni9fb0db7f13e","role":"pod-veth","hook":"egress","src":"198.18.1.10:2590","dst":"198.18.2.11:8080","packets":10,"bytes":1234}],"#,
     r#""reply_path":[{"ifname":"eni9fb0db7f13e","role":"pod-veth","hook":"ingress","src":"198.18.2.11:8080","dst":"198.18.1.10:2590","packets":10,"bytes":1234}],"#,
-    r#""eni":"eth0","pod_ip_owner_eni":"eth1","#,
-    r#""snat":{"from":"198.18.100.10:35750","to":"198.18.1.10:2590","after_hop":"eth0/ingress","before_hop":"eni9fb0db7f13e/egress","kind":"masquerade","chain":"KUBE-POSTROUTING"},"#,
-    r#""dnat":{"from":"198.18.1.10:30080","to":"198.18.2.11:8080","after_hop":"eth0/ingress","before_hop":null,"kind":"nodeport-dnat","chain":null},"#,
+    r#""eni":"eth0","trunk_eni":null,"branch_eni_id":null,"pod_ip_owner_eni":"eth1","#,
+    r#""snat":{"from":"198.18.100.10:35750","to":"198.18.1.10:2590","after_hop":"eth0/ingress","before_hop":"eni9fb0db7f13e/egress","kind":"masquerade","chain":"KUBE-POSTROUTING","service":"default/web"},"#,
+    r#""dnat":{"from":"198.18.1.10:30080","to":"198.18.2.11:8080","after_hop":"eth0/ingress","before_hop":null,"kind":"nodeport-dnat","chain":null,"service":null},"#,
     r#""ingress_mode":"nodeport","#,
     r#""hop_latency_us":[{"from":"eth0/ingress","to":"eni9fb0db7f13e/egress","p50":8.6,"p90":12.0,"p99":30.25,"samples":3}],"#,
     r#""packets":20,"bytes":2468,"nat_steps":2,"client_ip_preserved":false,"node_crossing":false,"#,
     r#""unanswered_after":null,"no_reply":false,"#,
-    r#""drops":[{"reason":"NETFILTER_DROP","location":"nf_hook_slow+0x9c","after_hop":"eth0/ingress","count":3}],"#,
+    r#""drops":[{"reason":"NETFILTER_DROP","location":"nf_hook_slow+0x9c","after_hop":"eth0/ingress","program":null,"count":3}],"#,
     r#""retransmits":1,"first_seen_ms":1764650000000,"last_seen_ms":1764650000123,"#,
     r#""id":"tcp:198.18.100.10:35750>198.18.1.10:30080"}"#
 );
