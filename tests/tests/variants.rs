@@ -10,6 +10,8 @@ use serde_json::Value;
 use tests::{FlowReport, hops, lab, one, run_podtrace, trace_pod};
 use xtask::lab::{Lab, LabConfig, Variant, traffic};
 
+use xtask::lab::sgp::SGP_NODE_PORT;
+
 fn with(variants: &[Variant]) -> impl FnOnce(&mut LabConfig) + '_ {
     move |c| c.variants = variants.to_vec()
 }
@@ -56,23 +58,40 @@ fn branch(lab: &Lab) -> BranchPlan {
     }
 }
 
-/// sgp-1's flows while it talks to the VPC, the internet and a ClusterIP, and the ALB reaches
-/// it by its IP.
-fn sgp_flows(lab: &Lab) -> Result<Vec<FlowReport>> {
-    trace_pod(lab, "node-a", "sgp-1", &[], || {
-        traffic::tcp_request(&lab.ns("sgp-1"), lab.addr("db", 8080), 10)?;
-        traffic::tcp_request(&lab.ns("sgp-1"), lab.addr("inet", 80), 10)?;
-        assert_eq!(traffic::tcp_request(&lab.ns("sgp-1"), lab.addr("api", 80), 10)?.server, "api-1");
-        traffic::tcp_request(&lab.ns("alb"), lab.addr("sgp-1", 8080), 10)?;
-        Ok(())
+/// The brief's path table for `pod` on `node`: its flows to the VPC (db), the internet and the
+/// api ClusterIP, and the ALB's to its IP (direct) and through `node_port` on the node's
+/// primary IP (repeated until one lands on `pod`).
+fn path_table(lab: &Lab, node: &str, pod: &str, node_port: u16) -> Result<Vec<FlowReport>> {
+    trace_pod(lab, node, pod, &[], || {
+        traffic::tcp_request(&lab.ns(pod), lab.addr("db", 8080), 10)?;
+        traffic::tcp_request(&lab.ns(pod), lab.addr("inet", 80), 10)?;
+        assert_eq!(traffic::tcp_request(&lab.ns(pod), lab.addr("api", 80), 10)?.server, "api-1");
+        traffic::tcp_request(&lab.ns("alb"), lab.addr(pod, 8080), 10)?;
+        let via = lab.addr(node, node_port);
+        for _ in 0..64 {
+            if traffic::tcp_request(&lab.ns("alb"), via, 10)?.server == pod {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("no request through {via} reached {pod}")
     })
+}
+
+/// The NodePort flow of a path table: DNATed by kube-proxy, entered by the node's primary ENI.
+fn check_nodeport(lab: &Lab, node: &str, flows: &[FlowReport]) {
+    let f = one(flows, |f| f.ingress_mode == Some(IngressMode::Nodeport), "through the NodePort");
+    let primary = &lab.plan.node(node).unwrap().enis[0];
+    assert_eq!(f.eni.as_deref(), Some(primary.name.as_str()), "{f:#?}");
+    assert_eq!(f.dnat.as_ref().unwrap().kind, NatKind::NodeportDnat, "{f:#?}");
+    assert_eq!(f.dnat.as_ref().unwrap().from.ip(), IpAddr::V4(primary.ip));
 }
 
 #[test]
 fn sgp_strict_pods_leave_and_arrive_by_their_branch_eni_without_snat() -> Result<()> {
     let lab = lab("sgps", with(&[Variant::SgpStrict]))?;
     let b = branch(&lab);
-    let flows = sgp_flows(&lab)?;
+    let flows = path_table(&lab, "node-a", "sgp-1", SGP_NODE_PORT)?;
+    check_nodeport(&lab, "node-a", &flows);
     let pod_veth = veth(&lab, "sgp-1");
     assert!(pod_veth.starts_with("vlan"), "strict mode names the veth vlan…: {pod_veth}");
     for (to, what) in [(lab.addr("db", 8080), "to db"), (lab.addr("inet", 80), "to inet")] {
@@ -105,7 +124,8 @@ fn sgp_strict_pods_leave_and_arrive_by_their_branch_eni_without_snat() -> Result
 fn sgp_standard_pods_use_their_branch_for_the_vpc_and_are_snated_to_the_internet() -> Result<()> {
     let lab = lab("sgpd", with(&[Variant::SgpStandard]))?;
     let b = branch(&lab);
-    let flows = sgp_flows(&lab)?;
+    let flows = path_table(&lab, "node-a", "sgp-1", SGP_NODE_PORT)?;
+    check_nodeport(&lab, "node-a", &flows);
     assert!(veth(&lab, "sgp-1").starts_with("eni"), "standard mode keeps the eni… name");
     let db = one(&flows, |f| f.dst == lab.addr("db", 8080), "to db");
     assert_eq!((db.eni.as_deref(), db.trunk_eni.as_deref()), (Some(b.link.as_str()), Some(b.trunk.as_str())));
@@ -179,11 +199,16 @@ fn node_lists_the_trunk_and_branch_enis_and_checks_the_strict_mode_rules() -> Re
 fn prefix_delegation_pods_are_owned_by_the_eni_of_their_prefix() -> Result<()> {
     let lab = lab("pd", with(&[Variant::PrefixDelegation]))?;
     let web2 = lab.plan.pod("web-2").unwrap().clone();
-    let flows = trace_pod(&lab, "node-a", "web-2", &[], || {
-        traffic::tcp_request(&lab.ns("web-2"), lab.addr("db", 8080), 10)?;
-        traffic::tcp_request(&lab.ns("web-2"), lab.addr("inet", 80), 10)?;
-        Ok(())
-    })?;
+    let flows = path_table(&lab, "node-a", "web-2", 30080)?;
+    check_nodeport(&lab, "node-a", &flows);
+    let direct = one(&flows, |f| f.ingress_mode == Some(IngressMode::Direct), "from the alb to the pod IP");
+    assert_eq!(
+        direct.eni.as_deref(),
+        Some(web2.eni.as_str()),
+        "the VPC routes the prefix to its ENI: {direct:#?}"
+    );
+    let svc = one(&flows, |f| f.dst == lab.addr("api", 80), "to the api ClusterIP");
+    assert_eq!(svc.dnat.as_ref().unwrap().service.as_deref(), Some("default/api:http"));
     let db = one(&flows, |f| f.dst == lab.addr("db", 8080), "to db");
     assert_eq!(
         (db.eni.as_deref(), db.pod_ip_owner_eni.as_deref()),
@@ -230,15 +255,16 @@ fn prefix_delegation_pods_are_owned_by_the_eni_of_their_prefix() -> Result<()> {
 #[test]
 fn custom_networking_pods_reach_the_vpc_by_their_eni_and_the_internet_by_the_primary() -> Result<()> {
     let lab = lab("cn", with(&[Variant::CustomNetworking]))?;
-    let api1 = lab.plan.pod("api-1").unwrap().clone();
+    let web3 = lab.plan.pod("web-3").unwrap().clone();
     let node_b = lab.plan.node("node-b").unwrap().clone();
-    let flows = trace_pod(&lab, "node-b", "api-1", &[], || {
-        traffic::tcp_request(&lab.ns("api-1"), lab.addr("db", 8080), 10)?;
-        traffic::tcp_request(&lab.ns("api-1"), lab.addr("inet", 80), 10)?;
-        Ok(())
-    })?;
+    let flows = path_table(&lab, "node-b", "web-3", 30080)?;
+    check_nodeport(&lab, "node-b", &flows);
+    let direct = one(&flows, |f| f.ingress_mode == Some(IngressMode::Direct), "from the alb to the pod IP");
+    assert_eq!(direct.eni.as_deref(), Some(web3.eni.as_str()), "{direct:#?}");
+    let svc = one(&flows, |f| f.dst == lab.addr("api", 80), "to the api ClusterIP");
+    assert_eq!(svc.dnat.as_ref().unwrap().kind, NatKind::ServiceDnat);
     let db = one(&flows, |f| f.dst == lab.addr("db", 8080), "to db");
-    assert_eq!(db.eni.as_deref(), Some(api1.eni.as_str()), "{db:#?}");
+    assert_eq!(db.eni.as_deref(), Some(web3.eni.as_str()), "{db:#?}");
     assert!(db.snat.is_none());
     let inet = one(&flows, |f| f.dst == lab.addr("inet", 80), "to inet");
     assert_eq!(

@@ -213,16 +213,27 @@ fn build(
     }
     let (snat, dnat) = nat::name(snat, dnat, view.proto, ctx);
 
-    // The ENI the flow left or entered by: a branch ENI rather than the trunk it rides on.
-    let (outer, edge) = match direction {
-        Direction::Egress => (Hook::Egress, path.iter().rev().collect::<Vec<_>>()),
-        Direction::Ingress => (Hook::Ingress, path.iter().collect()),
+    // The ENI the flow left or entered by: the last ENI egress or first ENI ingress hop; a
+    // branch ENI rather than the trunk it rides on (the trunk's neighbour on the path).
+    let any_eni = |r: Role| matches!(r, Role::Eni | Role::BranchEni);
+    let edge = match direction {
+        Direction::Egress => path.iter().rposition(|h| any_eni(h.role) && h.hook == Hook::Egress),
+        Direction::Ingress => path.iter().position(|h| any_eni(h.role) && h.hook == Hook::Ingress),
     };
-    let edge_hop = |role| edge.iter().find(|h| h.role == role && h.hook == outer);
-    let eni_hop = edge_hop(Role::BranchEni).or_else(|| edge_hop(Role::Eni));
+    let eni_hop = edge.map(|i| {
+        let neighbour = match direction {
+            Direction::Egress => i.checked_sub(1).and_then(|j| path.get(j)),
+            Direction::Ingress => path.get(i + 1),
+        };
+        match neighbour {
+            Some(n) if n.role == Role::BranchEni && ctx.trunk(n.ifindex) == Some(path[i].ifname.as_str()) => {
+                n
+            }
+            _ => &path[i],
+        }
+    });
     let eni = eni_hop.map(|h| h.ifname.clone());
     let trunk_eni = eni_hop.and_then(|h| ctx.trunk(h.ifindex)).map(str::to_string);
-    let any_eni = |r: Role| matches!(r, Role::Eni | Role::BranchEni);
     let entered_by_eni = path.first().is_some_and(|h| any_eni(h.role) && h.hook == Hook::Ingress);
     let node_crossing =
         entered_by_eni && path.iter().skip(1).any(|h| any_eni(h.role) && h.hook == Hook::Egress);
