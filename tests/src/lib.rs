@@ -417,3 +417,22 @@ pub mod bpf {
         Ok((attr[0] >> 32) as u32 as i32)
     }
 }
+
+/// The Community ID v1 of a TCP/UDP 5-tuple, computed by the spec's reference implementation
+/// (Python `communityid`, installed by `cargo xtask setup`).
+pub fn reference_community_id(
+    proto: &str,
+    src: std::net::SocketAddr,
+    dst: std::net::SocketAddr,
+) -> Result<String> {
+    let script = format!(
+        "import communityid; print(communityid.CommunityID().calc(communityid.FlowTuple.make_{proto}('{}', '{}', {}, {})))",
+        src.ip(),
+        dst.ip(),
+        src.port(),
+        dst.port()
+    );
+    let out = std::process::Command::new("python3").args(["-c", &script]).output()?;
+    anyhow::ensure!(out.status.success(), "communityid: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}

@@ -36,6 +36,7 @@ fn pod_on_eth1_to_vpc_host_leaves_by_eth1_without_nat() -> Result<()> {
     assert_eq!(f.pod_ip_owner_eni.as_deref(), Some("eth1"));
     assert!(f.snat.is_none() && f.dnat.is_none());
     assert_eq!(f.path[1].src.ip(), ip(&lab, "web-2"));
+    assert_eq!(f.community_id, Some(tests::reference_community_id("tcp", f.src, f.dst)?));
     Ok(())
 }
 
@@ -105,6 +106,9 @@ fn nodeport_with_cluster_policy_is_dnated_and_masqueraded() -> Result<()> {
     assert_eq!(f.client_ip_preserved, Some(false));
     assert_eq!(f.eni.as_deref(), Some("eth0"));
     assert_eq!(hops(&f.path), ["eth0/ingress".to_string(), format!("{}/egress", veth(&lab, "web-2"))]);
+    // Served here: its Community ID is that of the tuple the ALB sent.
+    let wire = &f.path[0];
+    assert_eq!(f.community_id, Some(tests::reference_community_id("tcp", wire.src, wire.dst)?));
     // The 0x80 connmark sends the reply back through eth0, not the pod's own ENI.
     assert_eq!(hops(&f.reply_path), [format!("{}/ingress", veth(&lab, "web-2")), "eth0/egress".to_string()]);
     Ok(())

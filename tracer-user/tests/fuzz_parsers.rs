@@ -14,12 +14,8 @@ use proptest::prelude::*;
 const CASES: u32 = 4096;
 
 fn nla(ty: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = ((4 + payload.len()) as u16).to_ne_bytes().to_vec();
-    v.extend_from_slice(&ty.to_ne_bytes());
-    v.extend_from_slice(payload);
-    while !v.len().is_multiple_of(4) {
-        v.push(0);
-    }
+    let mut v = Vec::new();
+    podtrace::kernel::nfnetlink::put_attr(&mut v, ty, payload);
     v
 }
 

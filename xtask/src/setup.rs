@@ -5,7 +5,9 @@
 //!   cargo starts; we only add a missing component);
 //! * bpf-linker built against this toolchain's own LLVM (skipped when the installed one already
 //!   links this toolchain's libLLVM);
-//! * the Debian packages the lab and tests use.
+//! * the Debian packages the lab and tests use;
+//! * the Python packages the tests use as independent references (the Community ID spec's
+//!   reference implementation).
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -31,9 +33,13 @@ const PACKAGES: [(&str, &str); 10] = [
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Python module → PyPI requirement.
+const PYTHON_PACKAGES: [(&str, &str); 1] = [("communityid", "communityid==1.5.0")];
+
 pub fn run(packages: bool) -> Result<()> {
     if packages {
         apt_packages()?;
+        python_packages()?;
     }
     rust_src()?;
     bpf_linker()?;
@@ -43,6 +49,24 @@ pub fn run(packages: bool) -> Result<()> {
 fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(bin)).find(|p| p.is_file()))
+}
+
+fn python_packages() -> Result<()> {
+    for (module, requirement) in PYTHON_PACKAGES {
+        let present = Command::new("python3").args(["-c", &format!("import {module}")]).output();
+        if present.is_ok_and(|o| o.status.success()) {
+            continue;
+        }
+        println!("setup: installing {requirement} (pip)");
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", requirement])
+            .status()
+            .context("running pip (python3 -m pip)")?;
+        if !status.success() {
+            bail!("pip install {requirement} failed");
+        }
+    }
+    Ok(())
 }
 
 fn apt_packages() -> Result<()> {

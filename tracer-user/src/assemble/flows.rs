@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, PROTO_TCP, Tuple};
 
 use super::{
+    community_id::community_id,
     context::{Clock, NodeContext, TracedPod},
     drops::{DropIndex, DropNames},
     hops::{HopPair, HopSamples, HopTable},
@@ -233,6 +234,14 @@ fn build(
         }
     });
     let eni = eni_hop.map(|h| h.ifname.clone());
+    // The tuple on the wire between nodes: where the flow leaves towards another node (egress,
+    // or a NodePort bounced on), else where it came in.
+    let any_eni_out = path.iter().rev().find(|h| any_eni(h.role) && h.hook == Hook::Egress);
+    let wire = match direction {
+        Direction::Egress => any_eni_out,
+        Direction::Ingress => any_eni_out.or(eni_hop),
+    }
+    .map(|h| h.tuple);
     let trunk_eni = eni_hop.and_then(|h| ctx.trunk(h.ifindex)).map(str::to_string);
     let entered_by_eni = path.first().is_some_and(|h| any_eni(h.role) && h.hook == Hook::Ingress);
     let node_crossing =
@@ -301,6 +310,7 @@ fn build(
         retransmits,
         first_seen_ms: clock.unix_ms(first_ns),
         last_seen_ms: clock.unix_ms(last_ns),
+        community_id: community_id(&wire.unwrap_or(view)),
         id_tuple,
         path,
         reply_path,

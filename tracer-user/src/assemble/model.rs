@@ -243,6 +243,8 @@ pub struct Flow {
     pub last_seen_ms: u64,
     /// The initiating tuple as first seen: a stable identity for joining snapshots.
     pub id_tuple: Tuple,
+    /// Community ID v1 of the flow's tuple on the wire between nodes (see `flows`).
+    pub community_id: Option<String>,
 }
 
 impl Flow {

@@ -82,14 +82,7 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     let snap = session.poll()?;
     let flows = session.flows(&snap, &targets.ctx, &targets.pods);
     let report = aggregate(&flows, start.elapsed());
-    let summary = Summary::new(
-        flows.len(),
-        session.attached_names(),
-        &snap.counters,
-        session.user,
-        vanished,
-        &targets.ctx.rules,
-    );
+    let summary = Summary::new(flows.len(), &session, &snap, vanished, &targets.ctx.rules);
     eprintln!("{}", summary.text(Style::plain()));
     match t.output {
         Format::Json => println!("{}", serde_json::to_string(&report)?),

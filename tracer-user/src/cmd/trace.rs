@@ -167,14 +167,7 @@ async fn follow(session: &mut Session, t: &Targets, args: &TraceArgs) -> Result<
         Format::Table => table::table(&mut stdout, &flows, style)?,
     }
     stdout.flush()?;
-    let summary = Summary::new(
-        flows.len(),
-        session.attached_names(),
-        &snap.counters,
-        session.user,
-        vanished,
-        &t.ctx.rules,
-    );
+    let summary = Summary::new(flows.len(), session, &snap, vanished, &t.ctx.rules);
     match args.output {
         Format::Json => eprintln!("podtrace summary: {}", serde_json::to_string(&summary)?),
         Format::Table => eprintln!("{}", summary.text(style)),

@@ -94,6 +94,7 @@ pub struct FlowReport {
     pub first_seen_ms: u64,
     pub last_seen_ms: u64,
     pub id: String,
+    pub community_id: Option<String>,
 }
 
 impl From<&Hop> for HopReport {
@@ -181,6 +182,7 @@ impl From<&Flow> for FlowReport {
             first_seen_ms: f.first_seen_ms,
             last_seen_ms: f.last_seen_ms,
             id: f.id(),
+            community_id: f.community_id.clone(),
         }
     }
 }

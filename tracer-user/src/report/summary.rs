@@ -4,8 +4,7 @@ use tracer_common::counter;
 
 use super::table::Style;
 use crate::{
-    assemble::session::UserCounters,
-    kernel::maps::Counters,
+    assemble::session::{Session, Snapshot, UserCounters},
     node::rules::{BackendRead, Ruleset, backends_text},
 };
 
@@ -24,20 +23,20 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The summary of a session's last snapshot, with `flows` flows.
     pub fn new(
         flows: usize,
-        interfaces: Vec<String>,
-        counters: &Counters,
-        user: UserCounters,
+        session: &Session,
+        snap: &Snapshot,
         vanished: Vec<String>,
         rules: &Ruleset,
     ) -> Summary {
-        let counters = counter::NAMES.iter().zip(counters.iter()).map(|(n, v)| (*n, *v)).collect();
+        let counters = counter::NAMES.iter().zip(snap.counters.iter()).map(|(n, v)| (*n, *v)).collect();
         Summary {
             flows,
-            interfaces,
+            interfaces: session.attached_names(),
             counters,
-            user,
+            user: session.user,
             vanished,
             rule_backends: rules.backends.clone(),
             pod_egress_snat: rules.pod_egress_snat(),

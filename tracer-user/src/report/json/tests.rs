@@ -96,6 +96,7 @@ fn nodeport_flow() -> Flow {
         first_seen_ms: 1764650000000,
         last_seen_ms: 1764650000123,
         id_tuple: wire.tuple,
+        community_id: Some("1:EQV5Bf0H5S0jttJaI7AUOZ++h3c=".into()),
     }
 }
 
@@ -115,7 +116,7 @@ const GOLDEN: &str = concat!(
     r#""unanswered_after":null,"no_reply":false,"#,
     r#""drops":[{"reason":"NETFILTER_DROP","location":"nf_hook_slow+0x9c","after_hop":"eth0/ingress","program":null,"count":3}],"#,
     r#""retransmits":1,"first_seen_ms":1764650000000,"last_seen_ms":1764650000123,"#,
-    r#""id":"tcp:198.18.100.10:35750>198.18.1.10:30080"}"#
+    r#""id":"tcp:198.18.100.10:35750>198.18.1.10:30080","community_id":"1:EQV5Bf0H5S0jttJaI7AUOZ++h3c="}"#
 );
 
 #[test]
