@@ -2,10 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use podtrace::cmd::{
-    self,
-    trace::{self, TraceArgs},
-};
+use podtrace::cmd::{self, trace, trace_args::TraceArgs};
 
 /// Shows, for every flow of a Kubernetes pod, the path its packets take through this node:
 /// pod veth -> which ENI -> out, and where SNAT/DNAT rewrote them.

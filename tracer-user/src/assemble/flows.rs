@@ -20,7 +20,7 @@ use super::{
     drops::{DropIndex, DropNames},
     hops::{HopPair, HopSamples, HopTable},
     model::{Direction, Flow, Hook, Hop, HopLatency, HopName, IngressMode, Proto, Role, percentile},
-    nat,
+    nat::{self, Rewrite},
     union_find::Uf,
 };
 use crate::{kernel::addr, node::conntrack::CtEntry};
@@ -358,14 +358,6 @@ fn ordered_hops(comp: &Component<'_>, ctx: &NodeContext, dir: u8) -> Vec<Hop> {
         ordered.insert(at, h);
     }
     ordered
-}
-
-/// A rewrite observed between two places, not yet named.
-pub struct Rewrite {
-    pub from: SocketAddr,
-    pub to: SocketAddr,
-    pub after_hop: Option<HopName>,
-    pub before_hop: Option<HopName>,
 }
 
 /// SNAT/DNAT seen between consecutive hooks of the initiating direction.

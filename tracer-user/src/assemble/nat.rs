@@ -7,10 +7,17 @@ use std::net::SocketAddr;
 
 use super::{
     context::NodeContext,
-    flows::Rewrite,
-    model::{Nat, NatKind},
+    model::{HopName, Nat, NatKind},
 };
 use crate::node::rules::{Action, Backend, NatTarget, Rule, Ruleset};
+
+/// A rewrite observed between two places, not yet named.
+pub struct Rewrite {
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub after_hop: Option<HopName>,
+    pub before_hop: Option<HopName>,
+}
 
 fn named(r: Rewrite, kind: NatKind, rule: Option<&Rule>, service: Option<String>) -> Nat {
     Nat {

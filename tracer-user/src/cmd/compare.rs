@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::{
     targets::{resolve_targets, select_pods},
-    trace::TraceArgs,
+    trace_args::TraceArgs,
 };
 use crate::{
     assemble::session::{Session, Wake},
@@ -51,7 +51,7 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     let inv = Inventory::read(&t.enis)?;
     // Endpoints on other nodes are traced where their flows cross this node.
     let targets = resolve_targets(&inv, &pods, true)?;
-    let mut session = Session::start(&t.session(&targets), &targets.attach)?;
+    let mut session = Session::start(&t.session(&targets.filter), &targets.attach)?;
     for hook in session.blind_hooks() {
         eprintln!("warning: {hook}");
     }

@@ -5,4 +5,5 @@ pub mod node;
 pub mod options;
 pub mod targets;
 pub mod trace;
+pub mod trace_args;
 pub mod via_agent;

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use anyhow::{Result, bail};
 
-use super::trace::TraceArgs;
+use super::trace_args::TraceArgs;
 use crate::{
     assemble::context::{NodeContext, TracedPod},
     node::{

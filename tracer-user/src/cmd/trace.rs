@@ -1,21 +1,18 @@
 //! `podtrace [trace] --pod NAME`: resolve pods to veths and ENIs, attach, follow, report.
 use std::{
     io::{IsTerminal, Write},
-    net::IpAddr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use clap::Args;
 
 use super::{
-    options::{parse_duration, parse_duration_or_zero},
     targets::{Targets, resolve_targets, select_pods},
+    trace_args::TraceArgs,
 };
 use crate::{
-    assemble::session::{Session, SessionOptions, Wake},
-    kernel::{attach::AttachMode, load::SampleRate, preflight},
+    assemble::session::{Session, Wake},
+    kernel::preflight,
     node::inventory::Inventory,
     report::{
         json::FlowReport,
@@ -23,62 +20,6 @@ use crate::{
         table::{self, Format, Style},
     },
 };
-
-/// Options shared by `trace` and `compare`.
-#[derive(Args, Clone, Debug)]
-pub struct TraceArgs {
-    /// Pod to trace (repeatable).
-    #[arg(long = "pod", value_name = "NAME")]
-    pub pods: Vec<String>,
-    /// Namespace of the pods (default: any namespace, if the name is unambiguous).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// Trace a pod IP directly, without looking the pod up (repeatable).
-    #[arg(long = "pod-ip", value_name = "IP")]
-    pub pod_ips: Vec<IpAddr>,
-    /// Trace every pod whose labels match (`app=web[,tier=x]`).
-    #[arg(short = 'l', long = "selector", value_name = "K=V")]
-    pub selector: Option<String>,
-    /// Pods from a file as printed by `kubectl get pods -A -o json` instead of the API.
-    #[arg(long, value_name = "FILE")]
-    pub pods_file: Option<PathBuf>,
-    /// Stop after this long (500ms, 30s, 2m; at most a year). Without it: run until Ctrl-C.
-    #[arg(long, value_parser = parse_duration, allow_hyphen_values = true)]
-    pub duration: Option<Duration>,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
-    pub output: Format,
-    /// Use these interfaces as the node's ENIs instead of discovering them (repeatable).
-    #[arg(long = "eni", value_name = "IFACE")]
-    pub enis: Vec<String>,
-    /// How to attach the TC programs.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub attach_mode: AttachMode,
-    /// Sample one packet in N (a power of two) for per-hop latency; 1 samples every packet.
-    #[arg(long, default_value = "16")]
-    pub sample_rate: SampleRate,
-    /// Capacity of the kernel flow table (entries are per flow, interface and hook).
-    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..))]
-    pub max_flows: u32,
-    /// Read flows from a running `podtrace agent` (its unix socket) instead of attaching.
-    #[arg(long, value_name = "SOCKET")]
-    pub agent: Option<PathBuf>,
-    /// With `-o json`: also print all flows every INTERVAL while running (0 = only at the end).
-    #[arg(long, default_value = "0", value_parser = parse_duration_or_zero)]
-    pub interval: Duration,
-}
-
-impl TraceArgs {
-    /// The session options for these targets (the kernel filter keeps their addresses only).
-    pub fn session(&self, t: &Targets) -> SessionOptions {
-        SessionOptions {
-            sample_rate: self.sample_rate,
-            max_flows: self.max_flows,
-            attach_mode: self.attach_mode,
-            filter: Some(t.filter.clone()),
-        }
-    }
-}
 
 /// The whole `podtrace trace` command.
 pub async fn run(args: TraceArgs) -> Result<()> {
@@ -90,7 +31,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let pods = select_pods(&args).await?;
     let inv = Inventory::read(&args.enis)?;
     let targets = resolve_targets(&inv, &pods, false)?;
-    let mut session = Session::start(&args.session(&targets), &targets.attach)?;
+    let mut session = Session::start(&args.session(&targets.filter), &targets.attach)?;
     for hook in session.blind_hooks() {
         eprintln!("warning: {hook}");
     }

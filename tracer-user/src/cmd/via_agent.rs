@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Result, bail};
 
-use super::{agent::client, trace::TraceArgs};
+use super::{agent::client, trace_args::TraceArgs};
 use crate::report::table::{self, Format, Style};
 
 pub async fn trace(socket: &Path, args: &TraceArgs) -> Result<()> {
