@@ -1,5 +1,11 @@
-//! Building raw frames, well-formed or deliberately broken, for BPF_PROG_TEST_RUN.
+//! Raw Ethernet frames, well-formed or deliberately broken, for the classifier's tests: the
+//! builders, and in [`malformed`] the table of odd packets with the outcome each must have.
+//! One table serves the host unit tests of the parser (`tracer-ebpf`, a byte-slice reader) and
+//! the end-to-end test of the loaded program (`tests/tests/malformed.rs`, BPF_PROG_TEST_RUN),
+//! so both check the same packets against the same expectations.
 //! Checksums are left zero: the classifier never validates them.
+
+pub mod malformed;
 
 pub const ETH_IPV4: u16 = 0x0800;
 pub const ETH_IPV6: u16 = 0x86dd;
