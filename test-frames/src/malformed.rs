@@ -274,6 +274,13 @@ pub fn cases() -> Vec<Case> {
             &[LOCAL_SCOPE],
             None,
         ),
+        // Not tracked, so not counted as a fragment either: `fragments` counts tracked packets.
+        case(
+            "IPv4 multicast non-first fragment",
+            eth(&[], ETH_IPV4, &ipv4(&V4 { dst: [239, 1, 2, 3], frag: 185, ..v4(17) }, &[5; 64])),
+            &[LOCAL_SCOPE],
+            None,
+        ),
         case(
             "IPv6 link-local neighbour solicitation",
             eth(

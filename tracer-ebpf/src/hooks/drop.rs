@@ -16,8 +16,8 @@ use crate::{
     globals,
     maps::{DROPS, count, wanted},
     mem,
-    packet::{Reader, local_scope, parse_l3},
 };
+use tracer_ebpf::packet::{Reader, local_scope, parse_l3};
 
 /// Reads packet bytes from kernel memory starting at the network header.
 struct KernelPacket {
