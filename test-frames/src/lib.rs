@@ -113,6 +113,14 @@ pub fn frag6(next: u8, offset_units: u16, more: bool) -> Vec<u8> {
     v
 }
 
+/// An IPv6 authentication header with a 12-byte ICV (24 bytes; its length field counts 4-octet
+/// units minus 2, unlike the other extension headers).
+pub fn ah(next: u8) -> Vec<u8> {
+    let mut v = vec![next, 4, 0, 0, 0, 0, 0x10, 0x01, 0, 0, 0, 1];
+    v.extend_from_slice(&[0xa5; 12]);
+    v
+}
+
 pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
     v.extend_from_slice(&sport.to_be_bytes());
