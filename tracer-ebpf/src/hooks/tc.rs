@@ -51,13 +51,13 @@ impl Skb<'_> {
 #[inline(always)]
 unsafe fn load<T: Copy>(p: *const u8) -> T {
     unsafe {
-        if size_of::<T>() % 8 == 0 && size_of::<T>() <= 16 {
+        if size_of::<T>().is_multiple_of(8) && size_of::<T>() <= 16 {
             let w = [
                 core::ptr::read_volatile(p.cast::<u64>()),
                 core::ptr::read_volatile(p.add(8 % size_of::<T>()).cast::<u64>()),
             ];
             core::mem::transmute_copy(&w)
-        } else if size_of::<T>() % 4 == 0 && size_of::<T>() <= 16 {
+        } else if size_of::<T>().is_multiple_of(4) && size_of::<T>() <= 16 {
             let w = [
                 core::ptr::read_volatile(p.cast::<u32>()),
                 core::ptr::read_volatile(p.add(4 % size_of::<T>()).cast::<u32>()),
