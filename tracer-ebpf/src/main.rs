@@ -27,6 +27,6 @@ fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
 
-/// Host builds (`cargo clippy --workspace`) get an empty binary.
+/// Host builds (`cargo build`, `cargo test`) get an empty binary.
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
