@@ -1,5 +1,6 @@
-//! All maps, their sizes and the counter helper. Sizes are defaults; user space resizes the
-//! flow and drop tables at load time (`--max-flows`).
+//! All maps, their sizes and the counter helper. User space resizes two at load time: the flow
+//! table (`--max-flows`) and the flow cache (for the possible CPUs); the others keep the sizes
+//! written here.
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::map,
