@@ -6,7 +6,8 @@ use anyhow::Result;
 pub use podtrace::report::json::{FlowReport, HopReport};
 use xtask::netns;
 
-pub mod packets;
+/// Frame builders (and the malformed-packet table), shared with tracer-ebpf's host tests.
+pub use test_frames as packets;
 
 /// A namespace prefix unique to this test process and call, e.g. `t1234x3-`.
 pub fn unique_prefix(tag: &str) -> String {

@@ -150,7 +150,6 @@ pub struct KernelLayout {
     /// `struct sk_buff`
     pub skb_head: u32,
     pub skb_network_header: u32,
-    pub skb_transport_header: u32,
     pub skb_protocol: u32,
     pub skb_dev: u32,
     /// `struct net_device`
@@ -168,7 +167,6 @@ pub struct KernelLayout {
     pub skc_v6_rcv_saddr: u32,
     /// inode number of the network namespace to watch (0 = all)
     pub netns_inum: u32,
-    pub _pad: u32,
 }
 
 /// Indices into the global counter array. Every loss or oddity has its own counter so that
@@ -255,12 +253,10 @@ pub mod names {
     pub const PROG_RETRANSMIT: &str = "podtrace_retrans";
     pub const MAP_FLOWS: &str = "FLOWS";
     pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
-    pub const MAP_SIGHTINGS: &str = "SIGHTINGS";
     pub const MAP_HOPS: &str = "HOPS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_ADDR_FILTER: &str = "ADDR_FILTER";
     pub const MAP_DROPS: &str = "DROPS";
-    pub const MAP_LAYOUT: &str = "LAYOUT";
     pub const MAP_RETRANS: &str = "RETRANS";
 }
 
@@ -293,7 +289,7 @@ mod tests {
         assert_eq!(size_of::<Sighting>(), 56);
         assert_eq!(size_of::<HopEvent>(), 112);
         assert_eq!(size_of::<DropKey>(), 56);
-        assert_eq!(size_of::<KernelLayout>(), 18 * 4);
+        assert_eq!(size_of::<KernelLayout>(), 16 * 4);
     }
 
     #[test]

@@ -22,7 +22,6 @@ static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     valid: 0,
     skb_head: 0,
     skb_network_header: 0,
-    skb_transport_header: 0,
     skb_protocol: 0,
     skb_dev: 0,
     dev_ifindex: 0,
@@ -36,7 +35,6 @@ static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
     netns_inum: 0,
-    _pad: 0,
 });
 
 #[inline(always)]

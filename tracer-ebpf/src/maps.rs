@@ -1,5 +1,6 @@
-//! All maps, their sizes and the counter helper. Sizes are defaults; user space resizes the
-//! flow and drop tables at load time (`--max-flows`).
+//! All maps, their sizes and the counter helper. User space resizes two at load time: the flow
+//! table (`--max-flows`) and the flow cache (for the possible CPUs); the others keep the sizes
+//! written here.
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::map,
@@ -8,6 +9,7 @@ use aya_ebpf::{
 use tracer_common::{
     CachedFlow, DropKey, DropStats, FLOW_CACHE_SLOTS, FlowKey, FlowStats, Sighting, Tuple, counter,
 };
+use tracer_ebpf::packet::Counters;
 
 /// Per (tuple, ifindex, hook) packet/byte counters. A plain (not LRU) hash: when it is full new
 /// flows are counted in `FLOW_MAP_FULL` instead of silently evicting old ones.
@@ -25,7 +27,7 @@ pub static FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(FLOW_CACHE_SL
 #[inline(always)]
 pub fn flow_cache_slot(key: &FlowKey) -> Option<*mut CachedFlow> {
     let w = key_words(key);
-    let h = crate::signature::mix(w[0] ^ w[2] ^ w[4], w[1] ^ w[3] ^ w[5]);
+    let h = tracer_ebpf::signature::mix(w[0] ^ w[2] ^ w[4], w[1] ^ w[3] ^ w[5]);
     let cpu = unsafe { bpf_get_smp_processor_id() };
     FLOW_CACHE.get_ptr_mut(cpu.wrapping_mul(FLOW_CACHE_SLOTS) + (h as u32 & (FLOW_CACHE_SLOTS - 1)))
 }
@@ -88,6 +90,16 @@ pub static RETRANS: PerCpuHashMap<Tuple, u64> = PerCpuHashMap::with_max_entries(
 pub fn count(index: u32) {
     if let Some(v) = COUNTERS.get_ptr_mut(index) {
         unsafe { *v += 1 };
+    }
+}
+
+/// `COUNTERS` for the code shared with the host (`tracer_ebpf::packet`).
+pub struct KernelCounters;
+
+impl Counters for KernelCounters {
+    #[inline(always)]
+    fn count(&mut self, index: u32) {
+        count(index)
     }
 }
 

@@ -9,7 +9,7 @@
 /// followed by a copy that LLVM turns back into a `memset` call).
 #[inline(always)]
 pub fn zeroed<T: Copy>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() == 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() == 8) };
     let words = slot.as_mut_ptr().cast::<u64>();
     for i in 0..size_of::<T>() / 8 {
         // SAFETY: i < size_of::<T>() / 8 and T is 8-byte aligned.
@@ -25,7 +25,7 @@ pub fn zeroed<T: Copy>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
 /// Both pointers must be valid and 8-byte aligned for `T`.
 #[inline(always)]
 pub unsafe fn copy<T: Copy>(dst: *mut T, src: *const T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() == 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() == 8) };
     let (d, s) = (dst.cast::<u64>(), src.cast::<u64>());
     for i in 0..size_of::<T>() / 8 {
         unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };

@@ -45,6 +45,38 @@ fn be32(b: [u8; 4]) -> u32 {
     u32::from_be_bytes(b)
 }
 
+/// Where a TC program's counters go: the kernel's `COUNTERS` map, or a list in host tests.
+pub trait Counters {
+    fn count(&mut self, index: u32);
+}
+
+/// What a TC program makes of a frame before its flow table: parses it into `t` and counts
+/// what is odd about it (a VLAN tag; why it is not tracked; why it is tracked without ports).
+/// `None`: the frame is not tracked.
+#[inline(always)]
+pub fn classify_frame<R: Reader, C: Counters>(r: &R, t: &mut Tuple, counters: &mut C) -> Option<Parsed> {
+    let (parsed, vlan) = parse_ethernet(r, t);
+    if vlan {
+        counters.count(counter::VLAN);
+    }
+    let p = match parsed {
+        Ok(p) => p,
+        Err(reason) => {
+            counters.count(reason);
+            return None;
+        }
+    };
+    if local_scope(t) {
+        counters.count(counter::LOCAL_SCOPE);
+        return None;
+    }
+    // Notes say how a tracked packet is tracked, so they come after the last reason not to.
+    if let Some(note) = p.note {
+        counters.count(note);
+    }
+    Some(p)
+}
+
 /// Parses from the Ethernet header at offset 0. Also reports whether a VLAN tag was present.
 #[inline(always)]
 pub fn parse_ethernet<R: Reader>(r: &R, t: &mut Tuple) -> (ParseResult, bool) {
@@ -223,3 +255,6 @@ pub fn local_scope(t: &Tuple) -> bool {
         t.dst[0] == 0xff || (t.src[0] == 0xfe && t.src[1] & 0xc0 == 0x80)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,3 +14,18 @@ pub fn mix(h: u64, v: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::mix;
+
+    /// `mix(0, k · golden)` is the (k+1)-th output of splitmix64 seeded with 0; the values are
+    /// those of the reference implementation (Vigna, splitmix64.c).
+    #[test]
+    fn mix_is_the_splitmix64_finaliser() {
+        let golden = 0x9e37_79b9_7f4a_7c15u64;
+        assert_eq!(mix(0, 0), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(mix(0, golden), 0x6e78_9e6a_a1b9_65f4);
+        assert_eq!(mix(0, golden.wrapping_mul(2)), 0x06c4_5d18_8009_454f);
+    }
+}

@@ -16,8 +16,8 @@ use crate::{
     globals,
     maps::{DROPS, count, wanted},
     mem,
-    packet::{Reader, local_scope, parse_l3},
 };
+use tracer_ebpf::packet::{Reader, local_scope, parse_l3};
 
 /// Reads packet bytes from kernel memory starting at the network header.
 struct KernelPacket {
@@ -87,7 +87,7 @@ fn record(l: &KernelLayout, skb: u64, location: u64, reason: u32) -> Option<()> 
     key.location = location;
     let now = unsafe { bpf_ktime_get_ns() };
     count(counter::DROPS);
-    match DROPS.get_ptr_mut(&key) {
+    match DROPS.get_ptr_mut(key) {
         Some(s) => unsafe {
             (*s).count += 1;
             (*s).last_ns = now;
@@ -97,7 +97,7 @@ fn record(l: &KernelLayout, skb: u64, location: u64, reason: u32) -> Option<()> 
             let s = mem::zeroed(&mut s_slot);
             s.count = 1;
             s.last_ns = now;
-            if DROPS.insert(&key, &s, 0).is_err() {
+            if DROPS.insert(key, s, 0).is_err() {
                 count(counter::DROP_MAP_FULL);
             }
         }

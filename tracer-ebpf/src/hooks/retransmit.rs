@@ -52,14 +52,14 @@ fn record(l: &KernelLayout, sk: u64) -> Option<()> {
         }
         _ => return None,
     }
-    if !wanted(&t) {
+    if !wanted(t) {
         return None;
     }
     count(counter::RETRANSMITS);
-    match RETRANS.get_ptr_mut(&t) {
+    match RETRANS.get_ptr_mut(t) {
         Some(n) => unsafe { *n += 1 },
         None => {
-            let _ = RETRANS.insert(&t, &1, 0);
+            let _ = RETRANS.insert(t, &1, 0);
         }
     }
     Some(())

@@ -17,10 +17,12 @@ use tracer_common::{CachedFlow, FlowKey, FlowStats, HopEvent, Sighting, counter,
 
 use crate::{
     globals,
-    maps::{FLOWS, HOPS, SIGHTING_SLOTS, SIGHTINGS, count, flow_cache_slot, same_key, wanted},
+    maps::{
+        FLOWS, HOPS, KernelCounters, SIGHTING_SLOTS, SIGHTINGS, count, flow_cache_slot, same_key, wanted,
+    },
     mem,
-    packet::{Reader, local_scope, parse_ethernet},
 };
+use tracer_ebpf::packet::{Reader, classify_frame};
 
 /// TC_ACT_UNSPEC (-1) is also TCX_NEXT: "not my decision", the packet continues unchanged to
 /// the next program / the stack. podtrace never returns anything else.
@@ -49,13 +51,13 @@ impl Skb<'_> {
 #[inline(always)]
 unsafe fn load<T: Copy>(p: *const u8) -> T {
     unsafe {
-        if size_of::<T>() % 8 == 0 && size_of::<T>() <= 16 {
+        if size_of::<T>().is_multiple_of(8) && size_of::<T>() <= 16 {
             let w = [
                 core::ptr::read_volatile(p.cast::<u64>()),
                 core::ptr::read_volatile(p.add(8 % size_of::<T>()).cast::<u64>()),
             ];
             core::mem::transmute_copy(&w)
-        } else if size_of::<T>() % 4 == 0 && size_of::<T>() <= 16 {
+        } else if size_of::<T>().is_multiple_of(4) && size_of::<T>() <= 16 {
             let w = [
                 core::ptr::read_volatile(p.cast::<u32>()),
                 core::ptr::read_volatile(p.add(4 % size_of::<T>()).cast::<u32>()),
@@ -125,24 +127,7 @@ fn observe(ctx: &TcContext, hook: u8) {
     count(counter::PACKETS);
     let mut key_slot = MaybeUninit::<FlowKey>::uninit();
     let key = mem::zeroed(&mut key_slot);
-    let (parsed, vlan) = parse_ethernet(&Skb(ctx), &mut key.tuple);
-    if vlan {
-        count(counter::VLAN);
-    }
-    let p = match parsed {
-        Ok(p) => p,
-        Err(reason) => {
-            count(reason);
-            return;
-        }
-    };
-    if let Some(note) = p.note {
-        count(note);
-    }
-    if local_scope(&key.tuple) {
-        count(counter::LOCAL_SCOPE);
-        return;
-    }
+    let Some(p) = classify_frame(&Skb(ctx), &mut key.tuple, &mut KernelCounters) else { return };
     let skb = ctx.as_ptr() as *const __sk_buff;
     let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len) };
     key.ifindex = ifindex;

@@ -205,7 +205,6 @@ pub fn kernel_layout(btf: &Btf, netns_inum: u32) -> Result<KernelLayout> {
         valid: 1,
         skb_head: need("sk_buff", &["head"])?,
         skb_network_header: need("sk_buff", &["network_header"])?,
-        skb_transport_header: need("sk_buff", &["transport_header"])?,
         skb_protocol: need("sk_buff", &["protocol"])?,
         skb_dev: need("sk_buff", &["dev"])?,
         dev_ifindex: need("net_device", &["ifindex"])?,
@@ -219,7 +218,6 @@ pub fn kernel_layout(btf: &Btf, netns_inum: u32) -> Result<KernelLayout> {
         skc_v6_daddr: need("sock_common", &["skc_v6_daddr"])?,
         skc_v6_rcv_saddr: need("sock_common", &["skc_v6_rcv_saddr"])?,
         netns_inum,
-        _pad: 0,
     })
 }
 

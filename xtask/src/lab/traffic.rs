@@ -55,21 +55,6 @@ fn parse_identity(line: &str, local: SocketAddr) -> Result<Reply> {
     }
 }
 
-/// One UDP `WHO?` round trip from `ns`.
-pub fn udp_request(ns: &str, to: SocketAddr) -> Result<Reply> {
-    netns::run_in(ns, || {
-        let bind: SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse()?;
-        let s = UdpSocket::bind(bind)?;
-        s.set_read_timeout(Some(TIMEOUT))?;
-        s.connect(to)?;
-        let local = s.local_addr()?;
-        s.send(WHO)?;
-        let mut buf = [0u8; 512];
-        let n = s.recv(&mut buf).with_context(|| format!("no UDP answer from {to}"))?;
-        parse_identity(&String::from_utf8_lossy(&buf[..n]), local)
-    })
-}
-
 /// Sends `count` UDP datagrams of `size` bytes from one socket; returns how many echoes came
 /// back (0 if `wait_replies` is false).
 pub fn udp_stream(ns: &str, to: SocketAddr, count: u32, size: usize, wait_replies: bool) -> Result<u32> {

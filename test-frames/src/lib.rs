@@ -1,5 +1,11 @@
-//! Building raw frames, well-formed or deliberately broken, for BPF_PROG_TEST_RUN.
+//! Raw Ethernet frames, well-formed or deliberately broken, for the classifier's tests: the
+//! builders, and in [`malformed`] the table of odd packets with the outcome each must have.
+//! One table serves the host unit tests of the parser (`tracer-ebpf`, a byte-slice reader) and
+//! the end-to-end test of the loaded program (`tests/tests/malformed.rs`, BPF_PROG_TEST_RUN),
+//! so both check the same packets against the same expectations.
 //! Checksums are left zero: the classifier never validates them.
+
+pub mod malformed;
 
 pub const ETH_IPV4: u16 = 0x0800;
 pub const ETH_IPV6: u16 = 0x86dd;
@@ -104,6 +110,14 @@ pub fn frag6(next: u8, offset_units: u16, more: bool) -> Vec<u8> {
     let mut v = vec![next, 0];
     v.extend_from_slice(&field.to_be_bytes());
     v.extend_from_slice(&[0, 0, 0, 42]);
+    v
+}
+
+/// An IPv6 authentication header with a 12-byte ICV (24 bytes; its length field counts 4-octet
+/// units minus 2, unlike the other extension headers).
+pub fn ah(next: u8) -> Vec<u8> {
+    let mut v = vec![next, 4, 0, 0, 0, 0, 0x10, 0x01, 0, 0, 0, 1];
+    v.extend_from_slice(&[0xa5; 12]);
     v
 }
 

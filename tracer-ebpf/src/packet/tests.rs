@@ -1,0 +1,258 @@
+//! The parser on the host, reading frames from byte slices: the malformed-packet table the
+//! end-to-end test sends through the loaded program, cut-off and corrupted frames, and the
+//! signature's NAT invariance.
+use std::collections::HashSet;
+
+use test_frames::{malformed::cases, *};
+use tracer_common::{FAMILY_V4, FAMILY_V6, Tuple, counter};
+
+use super::*;
+
+/// A frame in memory. Reads past its end fail, as reads past the end of a packet do in the
+/// kernel.
+struct Bytes<'a>(&'a [u8]);
+
+impl Reader for Bytes<'_> {
+    fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        let b = self.0.get(off..off.checked_add(size_of::<T>())?)?;
+        // SAFETY: `b` holds size_of::<T>() bytes, and the parser only reads byte arrays and
+        // integers, for which any bytes are a valid value.
+        Some(unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<T>()) })
+    }
+
+    fn read_into(&self, off: usize, dst: &mut [u8]) -> bool {
+        match off.checked_add(dst.len()).and_then(|end| self.0.get(off..end)) {
+            Some(b) => {
+                dst.copy_from_slice(b);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The counters raised, in order.
+#[derive(Default)]
+struct Raised(Vec<u32>);
+
+impl Counters for Raised {
+    fn count(&mut self, index: u32) {
+        self.0.push(index);
+    }
+}
+
+/// What a TC program makes of `frame`: the counters it raises (sorted) and, when it tracks the
+/// frame, the tuple and signature.
+fn classify(frame: &[u8]) -> (Vec<u32>, Option<(Tuple, u64)>) {
+    let mut t = Tuple::default();
+    let mut raised = Raised::default();
+    let parsed = classify_frame(&Bytes(frame), &mut t, &mut raised);
+    raised.0.sort_unstable();
+    (raised.0, parsed.map(|p| (t, p.sig)))
+}
+
+fn signature(frame: &[u8]) -> u64 {
+    match classify(frame) {
+        (_, Some((_, sig))) => sig,
+        (counters, None) => panic!("frame not tracked, counters {counters:?}"),
+    }
+}
+
+fn names(counters: &[u32]) -> Vec<&'static str> {
+    counters.iter().map(|c| counter::NAMES[*c as usize]).collect()
+}
+
+#[test]
+fn malformed_table_gives_the_counters_and_entry_the_kernel_test_expects() {
+    let mut failures = Vec::new();
+    for c in cases() {
+        let (got, tracked) = classify(&c.frame);
+        let mut want = c.counters.clone();
+        want.sort_unstable();
+        if got != want {
+            failures.push(format!("{}: counters {:?}, want {:?}", c.name, names(&got), names(&want)));
+        }
+        let got_tuple = tracked.map(|(t, _)| t);
+        let want_tuple = c.entry.map(|e| e.tuple());
+        if got_tuple != want_tuple {
+            failures.push(format!("{}: entry {got_tuple:?}, want {want_tuple:?}", c.name));
+        }
+    }
+    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// A frame cut off anywhere is either still the same flow (the cut is past every header the
+/// parser reads) or not tracked and counted as malformed; never another flow.
+#[test]
+fn a_cut_off_frame_is_the_same_flow_or_malformed() {
+    let mut failures = Vec::new();
+    for c in cases() {
+        let (_, whole) = classify(&c.frame);
+        for len in 0..c.frame.len() {
+            let (counters, cut) = classify(&c.frame[..len]);
+            let ok = match (&whole, &cut) {
+                (Some((w, _)), Some((t, _))) => w == t,
+                (_, None) => counters.contains(&counter::MALFORMED) || whole.is_none(),
+                (None, Some(_)) => false,
+            };
+            if !ok {
+                failures.push(format!(
+                    "{} cut to {len} bytes: {:?} {:?}, whole {:?}",
+                    c.name,
+                    names(&counters),
+                    cut.map(|(t, _)| t),
+                    whole.map(|(t, _)| t)
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every frame the kernel sees raises `packets`, then either `tracked` or exactly one reason
+/// why not; the summary's totals add up only if that holds for any bytes. Checked on every
+/// table frame with each byte in turn set to 0x00, 0xff and flipped in its top bit.
+#[test]
+fn a_corrupted_frame_is_tracked_or_counted_under_exactly_one_reason() {
+    let reasons = [counter::MALFORMED, counter::NON_IP, counter::LOCAL_SCOPE];
+    let notes = [counter::FRAGMENTS, counter::IPV6_EXT_LIMIT, counter::OTHER_L4];
+    let mut failures = Vec::new();
+    let mut frames = 0;
+    for c in cases() {
+        for i in 0..c.frame.len() {
+            for value in [0x00, 0xff, c.frame[i] ^ 0x80] {
+                let mut frame = c.frame.clone();
+                frame[i] = value;
+                frames += 1;
+                let (counters, tracked) = classify(&frame);
+                let count = |set: &[u32]| counters.iter().filter(|c| set.contains(c)).count();
+                let vlan = counters.iter().filter(|c| **c == counter::VLAN).count();
+                let ok = vlan <= 1
+                    && count(&notes) <= 1
+                    && match tracked {
+                        Some((t, _)) => count(&reasons) == 0 && matches!(t.family, FAMILY_V4 | FAMILY_V6),
+                        None => count(&reasons) == 1 && count(&notes) == 0,
+                    }
+                    && counters.len() == vlan + count(&notes) + count(&reasons);
+                if !ok {
+                    failures.push(format!("{}, byte {i} = {value:#04x}: {:?}", c.name, names(&counters)));
+                }
+            }
+        }
+    }
+    assert!(frames > 10_000, "only {frames} frames");
+    assert!(failures.is_empty(), "{} frame(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// Offsets in a frame without VLAN tags.
+const IP: usize = 14;
+const V4_TTL: usize = IP + 8;
+const V4_CHECKSUM: usize = IP + 10;
+const V4_L4: usize = IP + 20;
+const V6_HOP_LIMIT: usize = IP + 7;
+const V6_L4: usize = IP + 40;
+
+/// The same packet before and after each rewrite of the node's path (SNAT, DNAT, the TTL or
+/// hop limit a router decrements, checksums, the echo identifier that NAT rewrites, a VLAN tag
+/// on the way) has the same signature: that is what ties its sightings at different hooks
+/// together and samples it at all of them or none.
+#[test]
+fn rewrites_on_the_node_path_keep_the_signature() {
+    let pod = V4 { proto: 6, ..V4::default() };
+    let seg = tcp(40000, 80, 0x18, b"GET / HTTP/1.1");
+    let at_veth = eth(&[], ETH_IPV4, &ipv4(&pod, &seg));
+    let mut snat_seg = tcp(47165, 80, 0x18, b"GET / HTTP/1.1");
+    snat_seg[16..18].copy_from_slice(&[0xbe, 0xef]);
+    let mut at_eni = eth(&[], ETH_IPV4, &ipv4(&V4 { src: [198, 18, 1, 10], ..pod.clone() }, &snat_seg));
+    at_eni[V4_TTL] -= 1;
+    at_eni[V4_CHECKSUM..V4_CHECKSUM + 2].copy_from_slice(&[0x12, 0x34]);
+    assert_eq!(signature(&at_veth), signature(&at_eni), "TCP after SNAT");
+    let tagged = eth(&[ETH_8021Q], ETH_IPV4, &ipv4(&pod, &seg));
+    assert_eq!(signature(&at_veth), signature(&tagged), "TCP behind a VLAN tag");
+
+    let client = V4 { src: [198, 18, 100, 10], dst: [198, 18, 1, 10], ..V4::default() };
+    let at_node = eth(&[], ETH_IPV4, &ipv4(&client, &udp(35750, 30080, b"request")));
+    let dnat = V4 { dst: [198, 18, 2, 11], ..client.clone() };
+    let at_pod = eth(&[], ETH_IPV4, &ipv4(&dnat, &udp(35750, 8080, b"request")));
+    assert_eq!(signature(&at_node), signature(&at_pod), "UDP after DNAT");
+
+    let echo = |src, id: [u8; 2]| {
+        let h = V4 { src, proto: 1, ..V4::default() };
+        eth(&[], ETH_IPV4, &ipv4(&h, &icmp(8, 0, [id[0], id[1], 0, 9], b"ping")))
+    };
+    assert_eq!(
+        signature(&echo([198, 18, 2, 11], [0x12, 0x34])),
+        signature(&echo([198, 18, 1, 10], [0x56, 0x78])),
+        "ICMP echo after SNAT with a new identifier"
+    );
+
+    let v6_pod = eth(&[], ETH_IPV6, &ipv6(6, V6_SRC, V6_DST, &seg, None));
+    let mut v6_node_src = V6_SRC;
+    v6_node_src[15] = 0x99;
+    let mut v6_node = eth(&[], ETH_IPV6, &ipv6(6, v6_node_src, V6_DST, &snat_seg, None));
+    v6_node[V6_HOP_LIMIT] -= 1;
+    assert_eq!(signature(&v6_pod), signature(&v6_node), "IPv6 TCP after SNAT");
+}
+
+/// Packets of one flow that differ in any field the signature covers get different
+/// signatures, so two packets are rarely mistaken for one.
+#[test]
+fn packets_of_one_flow_get_different_signatures() {
+    let v4 = V4 { proto: 6, ..V4::default() };
+    let base = eth(&[], ETH_IPV4, &ipv4(&v4, &tcp(40000, 80, 0x10, b"data")));
+    let with = |at: usize, bytes: &[u8]| {
+        let mut f = base.clone();
+        f[at..at + bytes.len()].copy_from_slice(bytes);
+        f
+    };
+    let udp_frame = |payload: &[u8]| eth(&[], ETH_IPV4, &ipv4(&V4::default(), &udp(5000, 53, payload)));
+    let v6_frame = |label: u8| {
+        let mut f = eth(&[], ETH_IPV6, &ipv6(17, V6_SRC, V6_DST, &udp(5000, 53, b"q"), None));
+        f[IP + 3] = label;
+        f
+    };
+    let icmp_frame = |seq: u8| {
+        let h = V4 { proto: 1, ..V4::default() };
+        eth(&[], ETH_IPV4, &ipv4(&h, &icmp(8, 0, [0, 1, 0, seq], b"ping")))
+    };
+    let variants = [
+        ("base", base.clone()),
+        ("IPv4 id", with(IP + 4, &[0x12, 0x35])),
+        ("TCP seq", with(V4_L4 + 7, &[0xe9])),
+        ("TCP ack", with(V4_L4 + 11, &[0xd1])),
+        ("TCP flags", with(V4_L4 + 13, &[0x18])),
+        ("TCP window", with(V4_L4 + 14, &[0x7f])),
+        ("L4 length", eth(&[], ETH_IPV4, &ipv4(&v4, &tcp(40000, 80, 0x10, b"data!")))),
+        ("UDP payload a", udp_frame(b"aaaaaaaa")),
+        ("UDP payload b", udp_frame(b"aaaaaaab")),
+        ("IPv6 flow label 0x45", v6_frame(0x45)),
+        ("IPv6 flow label 0x46", v6_frame(0x46)),
+        ("ICMP seq 1", icmp_frame(1)),
+        ("ICMP seq 2", icmp_frame(2)),
+    ];
+    let mut seen = HashSet::new();
+    for (name, frame) in &variants {
+        assert!(seen.insert(signature(frame)), "{name}: same signature as an earlier variant");
+    }
+    let v6 = eth(&[], ETH_IPV6, &ipv6(6, V6_SRC, V6_DST, &tcp(40000, 80, 0x10, b"data"), None));
+    let mut v6_seq = v6.clone();
+    v6_seq[V6_L4 + 7] ^= 1;
+    assert_ne!(signature(&v6), signature(&v6_seq), "IPv6 TCP seq");
+}
+
+/// Sampling takes a packet when `signature & SAMPLE_MASK == 0`; with the default mask 0xf that
+/// is one packet in 16 if the low bits are evenly spread. 4 096 packets of a bulk TCP transfer
+/// (IPv4 id + 1, seq + 1448 each): 256 expected; 192–320 is four standard deviations.
+#[test]
+fn default_sampling_takes_about_one_packet_in_sixteen() {
+    let mut sampled = 0;
+    for i in 0..4096u32 {
+        let h = V4 { proto: 6, id: i as u16, ..V4::default() };
+        let mut frame = eth(&[], ETH_IPV4, &ipv4(&h, &tcp(40000, 80, 0x10, &[0; 1448])));
+        frame[V4_L4 + 4..V4_L4 + 8].copy_from_slice(&(1000 + i * 1448).to_be_bytes());
+        if signature(&frame) & 0xf == 0 {
+            sampled += 1;
+        }
+    }
+    assert!((192..=320).contains(&sampled), "{sampled} of 4096 sampled");
+}
