@@ -7,11 +7,17 @@ use anyhow::Result;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use podtrace::kernel::{
     attach::{AttachMode, Tracer},
-    load::LoadOptions,
+    flow_cache::FlowCache,
+    load::{DEFAULT_FLOW_CACHE_BYTES, LoadOptions, flow_cache_slots},
     maps,
 };
 use tests::packets::*;
-use tracer_common::{FLOW_CACHE_SLOTS, FlowKey, counter, names};
+use tracer_common::{CachedFlow, FlowKey, counter, names};
+
+/// Slots per CPU of a default load on this machine.
+fn slots_here() -> Result<u32> {
+    Ok(flow_cache_slots(maps::possible_cpus()? as u32, DEFAULT_FLOW_CACHE_BYTES))
+}
 
 fn udp_packet(sport: u16) -> Vec<u8> {
     eth(&[], ETH_IPV4, &ipv4(&V4::default(), &udp(sport, 53, b"cache")))
@@ -45,7 +51,8 @@ fn counts_are_exact_when_flows_outnumber_and_share_cache_slots() -> Result<()> {
     let prog: &SchedClassifier = tracer.ebpf.program(names::PROG_TC_INGRESS).unwrap().try_into()?;
     // Three times more flows than one CPU's slots: many flows share a slot, so their packets
     // go to the table while another flow holds it.
-    let flows = 3 * FLOW_CACHE_SLOTS as u16;
+    let slots_per_cpu = slots_here()?;
+    let flows = 3 * slots_per_cpu as u16;
     let rounds = 4u64;
     let len = udp_packet(1).len() as u64;
     let before = maps::read_counters(&tracer.ebpf)?;
@@ -65,8 +72,8 @@ fn counts_are_exact_when_flows_outnumber_and_share_cache_slots() -> Result<()> {
     // packets there (about 3 × 970 slot hits on one CPU; fewer if the test thread migrates).
     let slots = maps::read_flow_cache(&tracer.ebpf)?;
     let cached: u64 = slots.iter().map(|(_, s)| s.packets).sum();
-    assert!(slots.len() >= FLOW_CACHE_SLOTS as usize / 2, "only {} slots hold packets", slots.len());
-    assert!(cached >= FLOW_CACHE_SLOTS as u64, "only {cached} packets went through the cache");
+    assert!(slots.len() >= slots_per_cpu as usize / 2, "only {} slots hold packets", slots.len());
+    assert!(cached >= slots_per_cpu as u64, "only {cached} packets went through the cache");
     Ok(())
 }
 
@@ -111,5 +118,43 @@ fn deleting_a_flow_frees_its_cache_slot() -> Result<()> {
     send(prog, &pkt)?;
     assert_eq!(counts(&tracer)?.get(&4242).map(|c| c.0), Some(1));
     assert_eq!(maps::read_counters(&tracer.ebpf)?[counter::SAMPLES as usize], samples + 1, "sampled as new");
+    Ok(())
+}
+
+/// A poll reads the occupancy bitmap and the taken slots only: its cost follows the flows,
+/// not the CPU count. The programs are loaded as if the node had 2, 64 and 192 CPUs.
+#[test]
+fn a_poll_reads_the_taken_slots_whatever_the_cpu_count() -> Result<()> {
+    const FLOWS: u16 = 200;
+    let mut costs = Vec::new();
+    for cpus in [2u32, 64, 192] {
+        let opts = LoadOptions { cpus: Some(cpus), ..LoadOptions::default() };
+        let tracer = Tracer::load(&opts, AttachMode::Auto)?;
+        let prog: &SchedClassifier = tracer.ebpf.program(names::PROG_TC_INGRESS).unwrap().try_into()?;
+        for sport in 1..=FLOWS {
+            // Two packets: the first enters the table and takes the flow's slot if free.
+            send(prog, &udp_packet(sport))?;
+            send(prog, &udp_packet(sport))?;
+        }
+        let slots = flow_cache_slots(cpus, DEFAULT_FLOW_CACHE_BYTES) as usize;
+        let (taken, cost) = FlowCache::map(&tracer.ebpf)?.occupied();
+        assert_eq!(cost.bitmap_bytes, cpus as usize * slots / 8, "{cpus} CPUs: a bit per slot");
+        assert!(!taken.is_empty() && taken.len() <= FLOWS as usize, "{cpus} CPUs: {} slots", taken.len());
+        assert_eq!(cost.slot_bytes, taken.len() * size_of::<CachedFlow>());
+        // Reading every slot, as before, would cost the whole cache, which grows with the CPUs.
+        let whole = cpus as usize * slots * size_of::<CachedFlow>();
+        assert!(cost.bitmap_bytes + cost.slot_bytes < whole, "{cpus} CPUs: {cost:?} of {whole}");
+        assert!(whole <= DEFAULT_FLOW_CACHE_BYTES as usize, "the cache fits its budget");
+        // Idle again: every flow deleted, their slots freed, a poll reads the bitmap only.
+        let keys: Vec<FlowKey> = maps::read_flows(&tracer.ebpf)?.into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys.len(), FLOWS as usize);
+        maps::delete_flows(&tracer.ebpf, &keys)?;
+        let (taken, idle) = FlowCache::map(&tracer.ebpf)?.occupied();
+        assert_eq!((taken.len(), idle.slot_bytes), (0, 0), "{cpus} CPUs: nothing left to read");
+        costs.push((cpus, cost.bitmap_bytes + cost.slot_bytes, idle.bitmap_bytes));
+    }
+    // 192 CPUs: kilobytes per poll, where reading the whole cache took 192 × 512 × 88 B.
+    let (_, busy, idle) = costs[2];
+    assert!(busy < 64 << 10 && idle <= 24 << 10, "{costs:?}");
     Ok(())
 }

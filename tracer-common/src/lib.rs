@@ -79,8 +79,12 @@ pub struct FlowStats {
     pub _pad: [u8; 7],
 }
 
-/// Slots per CPU of the flow cache (a power of two).
-pub const FLOW_CACHE_SLOTS: u32 = 1024;
+/// Slots per CPU of the flow cache: a power of two between these bounds, from the CPU count
+/// and a memory budget (user space decides at load time, `globals::FLOW_CACHE_SLOTS`).
+pub const FLOW_CACHE_MAX_SLOTS: u32 = 1024;
+pub const FLOW_CACHE_MIN_SLOTS: u32 = 64;
+/// Slots per word of the flow cache's occupancy bitmap (`FLOW_CACHE_USED`).
+pub const FLOW_CACHE_SLOTS_PER_WORD: u32 = 64;
 
 /// One slot of the flow cache: a direct-mapped, per-CPU front of the flow table that takes a
 /// busy flow's packets with an inlined array access instead of a hash lookup. A flow's counts
@@ -241,6 +245,8 @@ pub mod globals {
     pub const SIGHTING_MAX_AGE_NS: &str = "SIGHTING_MAX_AGE_NS";
     /// `KernelLayout`: structure offsets for the tracepoint programs.
     pub const LAYOUT: &str = "LAYOUT";
+    /// `u32`: slots per CPU of the flow cache (a power of two).
+    pub const FLOW_CACHE_SLOTS: &str = "FLOW_CACHE_SLOTS";
 }
 
 /// Names of the kernel objects, shared so user space never spells them twice.
@@ -253,6 +259,7 @@ pub mod names {
     pub const PROG_RETRANSMIT: &str = "podtrace_retrans";
     pub const MAP_FLOWS: &str = "FLOWS";
     pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
+    pub const MAP_FLOW_CACHE_USED: &str = "FLOW_CACHE_USED";
     pub const MAP_HOPS: &str = "HOPS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_ADDR_FILTER: &str = "ADDR_FILTER";

@@ -37,6 +37,15 @@ static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
     netns_inum: 0,
 });
 
+/// Slots per CPU of the flow cache (a power of two, sized by user space for the CPUs).
+#[unsafe(no_mangle)]
+static FLOW_CACHE_SLOTS: Global<u32> = Global::new(tracer_common::FLOW_CACHE_MAX_SLOTS);
+
+#[inline(always)]
+pub fn flow_cache_slots() -> u32 {
+    FLOW_CACHE_SLOTS.load()
+}
+
 #[inline(always)]
 pub fn sample_mask() -> u64 {
     SAMPLE_MASK.load()

@@ -7,7 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    CachedFlow, DropKey, DropStats, FLOW_CACHE_SLOTS, FlowKey, FlowStats, Sighting, Tuple, counter,
+    CachedFlow, DropKey, DropStats, FLOW_CACHE_MAX_SLOTS, FLOW_CACHE_SLOTS_PER_WORD, FlowKey, FlowStats,
+    Sighting, Tuple, counter,
 };
 use tracer_ebpf::packet::Counters;
 
@@ -16,20 +17,42 @@ use tracer_ebpf::packet::Counters;
 #[map(name = "FLOWS")]
 pub static FLOWS: PerCpuHashMap<FlowKey, FlowStats> = PerCpuHashMap::with_max_entries(65536, 0);
 
-/// The flow cache (see `tracer_common::CachedFlow`): `FLOW_CACHE_SLOTS` slots per CPU, CPU
-/// `c` owning `c * FLOW_CACHE_SLOTS ..`. A plain array rather than a per-CPU one so that user
-/// space can free one CPU's slot without writing the other CPUs' (which may be busy). User
-/// space sizes it for the possible CPUs at load time.
-#[map(name = "FLOW_CACHE")]
-pub static FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(FLOW_CACHE_SLOTS, 0);
+/// `BPF_F_MMAPABLE`: user space maps the array into its memory, reads only the occupied slots
+/// and frees slots with ordered stores (a syscall update would copy a whole slot at once).
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
-/// This CPU's cache slot for `key`, chosen by a hash of the key's words.
+/// The flow cache (see `tracer_common::CachedFlow`): `globals::flow_cache_slots()` slots per
+/// CPU, CPU `c` owning `c * slots ..`. A plain array rather than a per-CPU one so that user
+/// space can free one CPU's slot without writing the other CPUs' (which may be busy). User
+/// space sizes it for the possible CPUs and a memory budget at load time.
+#[map(name = "FLOW_CACHE")]
+pub static FLOW_CACHE: Array<CachedFlow> = Array::with_max_entries(FLOW_CACHE_MAX_SLOTS, BPF_F_MMAPABLE);
+
+/// Which flow-cache slots are taken, one bit per slot: a poll reads this bitmap and then only
+/// the taken slots, so its cost follows the traffic, not the CPU count. Only the owning CPU
+/// sets a bit (when its flow takes the slot); user space clears it (atomically, through its
+/// mapping) before it frees the slot.
+#[map(name = "FLOW_CACHE_USED")]
+pub static FLOW_CACHE_USED: Array<u64> =
+    Array::with_max_entries(FLOW_CACHE_MAX_SLOTS / FLOW_CACHE_SLOTS_PER_WORD, BPF_F_MMAPABLE);
+
+/// This CPU's cache slot for `key`, chosen by a hash of the key's words, with its index.
 #[inline(always)]
-pub fn flow_cache_slot(key: &FlowKey) -> Option<*mut CachedFlow> {
+pub fn flow_cache_slot(key: &FlowKey) -> Option<(u32, *mut CachedFlow)> {
     let w = key_words(key);
     let h = tracer_ebpf::signature::mix(w[0] ^ w[2] ^ w[4], w[1] ^ w[3] ^ w[5]);
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    FLOW_CACHE.get_ptr_mut(cpu.wrapping_mul(FLOW_CACHE_SLOTS) + (h as u32 & (FLOW_CACHE_SLOTS - 1)))
+    let slots = crate::globals::flow_cache_slots();
+    let index = cpu.wrapping_mul(slots) + (h as u32 & (slots - 1));
+    FLOW_CACHE.get_ptr_mut(index).map(|c| (index, c))
+}
+
+/// Marks a slot taken in the occupancy bitmap (only its CPU sets its bits).
+#[inline(always)]
+pub fn mark_slot_used(index: u32) {
+    if let Some(w) = FLOW_CACHE_USED.get_ptr_mut(index / FLOW_CACHE_SLOTS_PER_WORD) {
+        unsafe { *w |= 1u64 << (index % FLOW_CACHE_SLOTS_PER_WORD) };
+    }
 }
 
 /// A flow key as six words, to hash and compare without byte loops.

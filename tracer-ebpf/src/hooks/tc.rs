@@ -18,7 +18,8 @@ use tracer_common::{CachedFlow, FlowKey, FlowStats, HopEvent, Sighting, counter,
 use crate::{
     globals,
     maps::{
-        FLOWS, HOPS, KernelCounters, SIGHTING_SLOTS, SIGHTINGS, count, flow_cache_slot, same_key, wanted,
+        FLOWS, HOPS, KernelCounters, SIGHTING_SLOTS, SIGHTINGS, count, flow_cache_slot, mark_slot_used,
+        same_key, wanted,
     },
     mem,
 };
@@ -137,14 +138,14 @@ fn observe(ctx: &TcContext, hook: u8) {
     // after which the flow takes its slot if it is free.
     let slot = flow_cache_slot(key);
     let new_flow = match slot {
-        Some(c) if same_key(unsafe { &(*c).key }, key) => {
+        Some((_, c)) if same_key(unsafe { &(*c).key }, key) => {
             count_in_slot(unsafe { &mut *c }, len, p.tcp_flags);
             false
         }
         _ => {
             let Some(new_flow) = count_in_table(key, len, p.tcp_flags) else { return };
-            if let Some(c) = slot {
-                take_slot_if_free(unsafe { &mut *c }, key);
+            if let Some((index, c)) = slot {
+                take_slot_if_free(unsafe { &mut *c }, index, key);
             }
             new_flow
         }
@@ -221,7 +222,7 @@ fn count_in_table(key: &FlowKey, len: u32, tcp_flags: u8) -> Option<bool> {
 /// Gives a free cache slot to a flow that is in the table, so that its next packets skip the
 /// hash. The slot starts empty: the packet that got here is already counted in the table.
 #[inline(always)]
-fn take_slot_if_free(c: &mut CachedFlow, key: &FlowKey) {
+fn take_slot_if_free(c: &mut CachedFlow, index: u32, key: &FlowKey) {
     if c.key.ifindex == 0 {
         c.packets = 0;
         c.bytes = 0;
@@ -229,6 +230,8 @@ fn take_slot_if_free(c: &mut CachedFlow, key: &FlowKey) {
         c.last_jiffies = 0;
         c.tcp_flags = 0;
         unsafe { mem::copy(&mut c.key, key) };
+        // After the key: a reader that sees the bit finds the slot filled.
+        mark_slot_used(index);
     }
 }
 

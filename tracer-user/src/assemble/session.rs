@@ -53,6 +53,8 @@ pub struct SessionOptions {
     /// Capacity of the kernel flow table.
     pub max_flows: u32,
     pub attach_mode: AttachMode,
+    /// Memory budget of the flow cache over all CPUs.
+    pub flow_cache_bytes: u64,
     /// Track only packets to or from these addresses (traced pods and node addresses);
     /// `None` tracks everything (the agent).
     pub filter: Option<Vec<IpAddr>>,
@@ -117,6 +119,8 @@ impl Session {
             filter: opts.filter.is_some(),
             max_flows: opts.max_flows,
             layout: Some(layout),
+            flow_cache_bytes: opts.flow_cache_bytes,
+            cpus: None,
         };
         let mut tracer = Tracer::load(&load, opts.attach_mode)?;
         if let Some(filter) = &opts.filter {

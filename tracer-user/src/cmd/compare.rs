@@ -56,6 +56,8 @@ pub async fn run(args: CompareArgs) -> Result<()> {
         eprintln!("warning: {hook}");
     }
     preflight::drop_capabilities().context("dropping capabilities after attaching")?;
+    // Signals are handled from here on: the readiness line below must not race them.
+    let mut events = session.events(Some(Duration::from_millis(100)))?;
     eprintln!(
         "podtrace: tracing {} for compare on {} (Ctrl-C to stop)",
         targets.pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
@@ -64,7 +66,6 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     let start = Instant::now();
     let deadline = t.duration.and_then(|d| start.checked_add(d));
     let mut vanished = Vec::new();
-    let mut events = session.events(Some(Duration::from_millis(100)))?;
     loop {
         match events.next().await {
             Wake::Stop => break,

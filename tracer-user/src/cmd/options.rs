@@ -37,6 +37,29 @@ pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Largest memory budget any size flag accepts.
+pub const MAX_BYTES: u64 = 1 << 30;
+
+/// Parses a size: bytes, or with a unit `KiB`, `MiB`, `GiB` (1024-based). At most 1 GiB.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size {s:?}: use bytes or a unit, like 16MiB or 512KiB");
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let scale: u64 = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(scale) {
+        Some(b) if b <= MAX_BYTES => Ok(b),
+        _ => Err(format!("invalid size {s:?}: at most 1GiB")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +75,14 @@ mod tests {
         assert!(parse_duration("10parsecs").is_err());
         assert_eq!(parse_duration_or_zero("0").unwrap(), Duration::ZERO);
         assert!(parse_duration("99999999999999999999s").unwrap_err().contains("at most one year"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("16MiB").unwrap(), 16 << 20);
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert!(parse_bytes("2GiB").unwrap_err().contains("at most 1GiB"));
+        assert!(parse_bytes("18446744073709551615GiB").is_err());
+        assert!(parse_bytes("16MB").is_err());
     }
 }

@@ -3,7 +3,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use super::options::{parse_duration, parse_duration_or_zero};
+use super::options::{parse_bytes, parse_duration, parse_duration_or_zero};
 use crate::{
     assemble::session::SessionOptions,
     kernel::{attach::AttachMode, load::SampleRate},
@@ -46,6 +46,10 @@ pub struct TraceArgs {
     /// Capacity of the kernel flow table (entries are per flow, interface and hook).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..))]
     pub max_flows: u32,
+    /// Memory budget of the kernel's flow cache over all CPUs (fewer slots per CPU on big
+    /// nodes): bytes, or with KiB/MiB/GiB.
+    #[arg(long, default_value = "16MiB", value_parser = parse_bytes)]
+    pub flow_cache_bytes: u64,
     /// Read flows from a running `podtrace agent` (its unix socket) instead of attaching.
     #[arg(long, value_name = "SOCKET")]
     pub agent: Option<PathBuf>,
@@ -62,6 +66,7 @@ impl TraceArgs {
             sample_rate: self.sample_rate,
             max_flows: self.max_flows,
             attach_mode: self.attach_mode,
+            flow_cache_bytes: self.flow_cache_bytes,
             filter: Some(filter.to_vec()),
         }
     }

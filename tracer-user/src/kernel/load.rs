@@ -1,7 +1,7 @@
 //! Loading the embedded kernel object with podtrace's load-time settings.
 use anyhow::{Context, Result};
 use aya::{Ebpf, EbpfLoader};
-use tracer_common::{FLOW_CACHE_SLOTS, KernelLayout, globals, names};
+use tracer_common::{CachedFlow, FLOW_CACHE_MAX_SLOTS, FLOW_CACHE_MIN_SLOTS, KernelLayout, globals, names};
 
 /// The kernel programs, built by build.rs for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -17,11 +17,35 @@ pub struct LoadOptions {
     pub max_flows: u32,
     /// Offsets for the drop/retransmit tracepoints; `None` disables them.
     pub layout: Option<KernelLayout>,
+    /// Memory budget of the flow cache over all CPUs (it takes fewer slots per CPU on big
+    /// nodes; see [`flow_cache_slots`]).
+    pub flow_cache_bytes: u64,
+    /// Size the per-CPU maps for this many CPUs instead of the possible CPUs (tests: what a
+    /// big node would cost).
+    pub cpus: Option<u32>,
+}
+
+/// The flow cache's default budget over all CPUs.
+pub const DEFAULT_FLOW_CACHE_BYTES: u64 = 16 << 20;
+
+/// Slots per CPU of the flow cache: as many as the budget allows over `cpus`, a power of two
+/// between `FLOW_CACHE_MIN_SLOTS` and `FLOW_CACHE_MAX_SLOTS` (the minimum wins over the budget).
+pub fn flow_cache_slots(cpus: u32, budget_bytes: u64) -> u32 {
+    let fit = budget_bytes / (cpus.max(1) as u64 * size_of::<CachedFlow>() as u64);
+    let pow2 = if fit == 0 { 0 } else { 1u64 << (63 - fit.leading_zeros()) };
+    (pow2.min(FLOW_CACHE_MAX_SLOTS as u64) as u32).max(FLOW_CACHE_MIN_SLOTS)
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { sample_rate: SampleRate(16), filter: false, max_flows: 65536, layout: None }
+        LoadOptions {
+            sample_rate: SampleRate(16),
+            filter: false,
+            max_flows: 65536,
+            layout: None,
+            flow_cache_bytes: DEFAULT_FLOW_CACHE_BYTES,
+            cpus: None,
+        }
     }
 }
 
@@ -30,13 +54,20 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     let max_age_ns: u64 = 1_000_000_000;
     let filter_on: u8 = opts.filter.into();
     let layout = opts.layout.unwrap_or_default();
+    let cpus = match opts.cpus {
+        Some(n) => n,
+        None => super::maps::possible_cpus()? as u32,
+    };
+    let slots = flow_cache_slots(cpus, opts.flow_cache_bytes);
     EbpfLoader::new()
         .override_global(globals::SAMPLE_MASK, &opts.sample_rate.mask(), true)
         .override_global(globals::FILTER_ON, &filter_on, true)
         .override_global(globals::SIGHTING_MAX_AGE_NS, &max_age_ns, true)
         .override_global(globals::LAYOUT, &layout, true)
         .map_max_entries(names::MAP_FLOWS, opts.max_flows.max(1))
-        .map_max_entries(names::MAP_FLOW_CACHE, super::maps::possible_cpus()? as u32 * FLOW_CACHE_SLOTS)
+        .override_global(globals::FLOW_CACHE_SLOTS, &slots, true)
+        .map_max_entries(names::MAP_FLOW_CACHE, cpus * slots)
+        .map_max_entries(names::MAP_FLOW_CACHE_USED, cpus * slots / tracer_common::FLOW_CACHE_SLOTS_PER_WORD)
         .load(OBJECT)
         .context("loading the podtrace eBPF object (needs root or CAP_BPF+CAP_PERFMON)")
 }
@@ -78,6 +109,20 @@ impl std::fmt::Display for SampleRate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_flow_cache_fits_its_budget_whatever_the_cpu_count() {
+        let mib = 1u64 << 20;
+        assert_eq!(flow_cache_slots(2, 16 * mib), 1024, "the maximum on small nodes");
+        assert_eq!(flow_cache_slots(64, 16 * mib), 1024, "64 × 1024 × 88 B = 5.5 MiB fits");
+        assert_eq!(flow_cache_slots(192, 16 * mib), 512, "192 × 1024 × 88 B would be 16.5 MiB");
+        for cpus in [1, 2, 8, 64, 96, 192, 256] {
+            let slots = flow_cache_slots(cpus, 16 * mib);
+            assert!(slots.is_power_of_two());
+            assert!(cpus as u64 * slots as u64 * 88 <= 16 * mib || slots == FLOW_CACHE_MIN_SLOTS);
+        }
+        assert_eq!(flow_cache_slots(192, 0), FLOW_CACHE_MIN_SLOTS, "the minimum wins");
+    }
 
     #[test]
     fn sample_rates_are_powers_of_two() {

@@ -8,7 +8,7 @@ use aya::{
 };
 use tracer_common::{CachedFlow, DropKey, DropStats, FlowKey, FlowStats, Tuple, counter, names};
 
-use super::batch;
+use super::{batch, flow_cache::FlowCache};
 
 /// Counter values summed over CPUs, indexed like `tracer_common::counter`.
 pub type Counters = [u64; counter::COUNT as usize];
@@ -91,23 +91,9 @@ pub fn read_flows(ebpf: &Ebpf) -> Result<Vec<(FlowKey, FlowStats)>> {
     Ok(flows)
 }
 
-fn flow_cache(ebpf: &Ebpf) -> Result<&MapData> {
-    match ebpf.map(names::MAP_FLOW_CACHE) {
-        Some(Map::Array(d)) => Ok(d),
-        _ => Err(anyhow!("{} map missing", names::MAP_FLOW_CACHE)),
-    }
-}
-
 /// The taken flow-cache slots with their indexes.
 pub fn read_flow_cache(ebpf: &Ebpf) -> Result<Vec<(u32, CachedFlow)>> {
-    let mut out = Vec::new();
-    batch::entries::<u32, CachedFlow>(flow_cache(ebpf)?.fd().as_fd(), 1, |i, v| {
-        if v[0].key.ifindex != 0 && v[0].packets > 0 {
-            out.push((*i, v[0]));
-        }
-    })
-    .context("reading the flow cache")?;
-    Ok(out)
+    Ok(FlowCache::map(ebpf)?.occupied().0)
 }
 
 /// Capacity of the flow table.
@@ -122,11 +108,11 @@ pub fn delete_flows(ebpf: &Ebpf, keys: &[FlowKey]) -> Result<usize> {
     let data = per_cpu_hash(ebpf, names::MAP_FLOWS)?;
     let deleted = batch::delete(data.fd().as_fd(), keys).context("deleting from the FLOWS map")?;
     let doomed: std::collections::HashSet<&FlowKey> = keys.iter().collect();
+    let cache = FlowCache::map(ebpf)?;
     let held: Vec<u32> =
-        read_flow_cache(ebpf)?.into_iter().filter(|(_, s)| doomed.contains(&s.key)).map(|(i, _)| i).collect();
+        cache.occupied().0.into_iter().filter(|(_, s)| doomed.contains(&s.key)).map(|(i, _)| i).collect();
     // Only those slots: a slot of the same index on another CPU may be busy with another flow.
-    let free = vec![CachedFlow::default(); held.len()];
-    batch::update(flow_cache(ebpf)?.fd().as_fd(), &held, &free).context("freeing flow-cache slots")?;
+    cache.free(&held);
     Ok(deleted)
 }
 

@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::options::parse_duration;
+use super::options::{parse_bytes, parse_duration};
 use crate::{
     assemble::{
         context::NodeContext,
@@ -64,6 +64,10 @@ pub struct AgentArgs {
     pub enis: Vec<String>,
     #[arg(long, value_enum, default_value = "auto")]
     pub attach_mode: AttachMode,
+    /// Memory budget of the kernel's flow cache over all CPUs (fewer slots per CPU on big
+    /// nodes): bytes, or with KiB/MiB/GiB.
+    #[arg(long, default_value = "16MiB", value_parser = parse_bytes)]
+    pub flow_cache_bytes: u64,
     /// Sample one packet in N (a power of two) for per-hop latency.
     #[arg(long, default_value = "64")]
     pub sample_rate: SampleRate,
@@ -118,6 +122,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         sample_rate: args.sample_rate,
         max_flows: args.max_flows,
         attach_mode: args.attach_mode,
+        flow_cache_bytes: args.flow_cache_bytes,
         filter: None,
     };
     let session = Session::load(&opts)?;
@@ -151,6 +156,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(addr) = args.listen {
         api::serve_tcp(addr, api_state).await?;
     }
+    // Signals are handled from here on: the readiness line below must not race them.
+    let mut events = agent.session.events(None)?;
     eprintln!(
         "podtrace: agent tracing {} interfaces, API on {}{}",
         agent.session.attached().count(),
@@ -160,7 +167,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut next_poll = tokio::time::Instant::now() + args.poll_interval;
     let mut poll_times = PollTimes::default();
     let mut last_reconcile = Instant::now();
-    let mut events = agent.session.events(None)?;
     loop {
         tokio::select! {
             wake = events.next() => match wake {
