@@ -71,11 +71,15 @@ pub enum Access {
 
 impl Access {
     /// From the request's path and query. A query that does not parse asks for every
-    /// namespace (the handler then answers 400).
+    /// namespace (the handler then answers 400). So does one by `ip`: the flows of another
+    /// node's pod are named with the namespace the caller gives, which the agent cannot check.
     pub fn of(path: &str, query: Option<&str>, node: Option<&str>) -> Access {
         match path {
             "/flows" => Access::Flows {
-                namespace: api::parse_flow_query(query.unwrap_or("")).ok().and_then(|q| q.namespace),
+                namespace: api::parse_flow_query(query.unwrap_or(""))
+                    .ok()
+                    .filter(|q| q.ip.is_none())
+                    .and_then(|q| q.namespace),
             },
             "/node" => Access::Node { name: node.map(str::to_string) },
             other => Access::Path(other.to_string()),
@@ -319,6 +323,11 @@ mod tests {
             Access::Flows { namespace: Some("team-a".into()) }
         );
         assert_eq!(Access::of("/flows", None, None), Access::Flows { namespace: None });
+        assert_eq!(
+            Access::of("/flows", Some("ip=198.18.2.21&namespace=team-a"), None),
+            Access::Flows { namespace: None },
+            "another node's pod: its namespace is the caller's word"
+        );
         assert_eq!(Access::of("/node", None, Some("node-a")), Access::Node { name: Some("node-a".into()) });
         assert_eq!(Access::of("/metrics", None, None), Access::Path("/metrics".into()));
         let u = UserInfo { username: Some("bob".into()), ..Default::default() };
