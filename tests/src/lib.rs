@@ -9,6 +9,9 @@ use xtask::netns;
 /// Frame builders (and the malformed-packet table), shared with tracer-ebpf's host tests.
 pub use test_frames as packets;
 
+pub mod kube_stand_in;
+pub mod otlp_receiver;
+
 /// A namespace prefix unique to this test process and call, e.g. `t1234x3-`.
 pub fn unique_prefix(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -70,6 +73,17 @@ pub fn podtrace_bin() -> std::path::PathBuf {
     bin
 }
 
+/// The kubectl plugin binary built beside podtrace (`cargo build --bins`).
+pub fn kubectl_podtrace_bin() -> std::path::PathBuf {
+    let bin = podtrace_bin().with_file_name("kubectl-podtrace");
+    assert!(
+        bin.is_file(),
+        "{} missing: run `cargo build --bins` first (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
 /// A running `podtrace` inside a namespace, its stderr collected line by line.
 pub struct Running {
     child: std::process::Child,
@@ -119,11 +133,17 @@ impl Finished {
 
 /// Starts `podtrace ARGS` in `ns` (via `ip netns exec`) and waits until it says it is tracing.
 pub fn start_podtrace(ns: &str, args: &[&str]) -> Result<Running> {
+    start_podtrace_with(ns, args, &[])
+}
+
+/// `start_podtrace` with environment variables (KUBECONFIG, OTEL_EXPORTER_OTLP_*).
+pub fn start_podtrace_with(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Running> {
     use std::io::BufRead;
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", ns])
         .arg(podtrace_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;

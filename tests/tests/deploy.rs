@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{Namespace, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role},
 };
 use serde_json::Value;
 
@@ -61,14 +61,56 @@ fn check(doc: &Value, what: &str) -> Result<String> {
         "ClusterRole" => {
             let r = typed::<ClusterRole>(doc, what)?;
             let rules = r.rules.unwrap_or_default();
-            assert_eq!(rules.len(), 1, "{what}: one rule only");
-            let rule = &rules[0];
-            assert_eq!(rule.api_groups.as_deref(), Some(&[String::new()][..]), "{what}: core group only");
-            assert_eq!(rule.resources.as_deref(), Some(&["pods".to_string()][..]), "{what}: pods only");
-            for verb in &rule.verbs {
-                assert!(["get", "list", "watch"].contains(&verb.as_str()), "{what}: verb {verb} not allowed");
+            match r.metadata.name.as_deref() {
+                // The agent: its node's pods, and reviewing the requests of its authenticated
+                // listener (what system:auth-delegator grants). Nothing else.
+                Some("podtrace") => assert_eq!(
+                    grants(&rules),
+                    [
+                        ("", "pods", "get"),
+                        ("", "pods", "list"),
+                        ("", "pods", "watch"),
+                        ("authentication.k8s.io", "tokenreviews", "create"),
+                        ("authorization.k8s.io", "subjectaccessreviews", "create"),
+                    ]
+                    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string())),
+                    "{what}"
+                ),
+                // A kubectl podtrace user: read pods and nodes, and the agents' virtual
+                // resources; never pods/proxy cluster-wide.
+                Some("podtrace-viewer") => assert_eq!(
+                    grants(&rules),
+                    [
+                        ("", "nodes", "get"),
+                        ("", "nodes", "list"),
+                        ("", "pods", "get"),
+                        ("", "pods", "list"),
+                        ("podtrace.io", "flows", "get"),
+                        ("podtrace.io", "nodes", "get"),
+                    ]
+                    .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string())),
+                    "{what}"
+                ),
+                other => bail!("{what}: unexpected ClusterRole {other:?}"),
             }
-            assert!(rule.resource_names.is_none() && rule.non_resource_urls.is_none());
+        }
+        "Role" => {
+            let r = typed::<Role>(doc, what)?;
+            assert_eq!(r.metadata.name.as_deref(), Some("podtrace-agent-access"));
+            assert_eq!(
+                r.metadata.namespace.as_deref(),
+                Some("podtrace"),
+                "{what}: the agents' namespace only"
+            );
+            assert_eq!(
+                grants(&r.rules.unwrap_or_default()),
+                [("", "pods", "list"), ("", "pods/proxy", "get")].map(|(g, r, v)| (
+                    g.to_string(),
+                    r.to_string(),
+                    v.to_string()
+                )),
+                "{what}"
+            );
         }
         "DaemonSet" => {
             let ds = typed::<DaemonSet>(doc, what)?;
@@ -96,10 +138,40 @@ fn check(doc: &Value, what: &str) -> Result<String> {
             let field =
                 node.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
             assert_eq!(field, Some("spec.nodeName"), "{what}: NODE_NAME from the downward API");
+            for name in ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL"] {
+                assert!(env.iter().any(|e| e.name == name), "{what}: {name}");
+            }
+            // The API beyond the unix socket is authenticated, on the port named `api` that
+            // kubectl podtrace reaches through pods/proxy.
+            let args = c.args.clone().unwrap_or_default();
+            let listen = args.iter().position(|a| a == "--listen").map(|i| args[i + 1].clone());
+            let port =
+                listen.as_deref().and_then(|l| l.rsplit_once(':')).map(|(_, p)| p.parse::<i32>().unwrap());
+            assert!(args.iter().any(|a| a == "--authenticate"), "{what}: --listen without --authenticate");
+            let api =
+                c.ports.clone().unwrap_or_default().into_iter().find(|p| p.name.as_deref() == Some("api"));
+            assert_eq!(api.map(|p| p.container_port), port, "{what}: the api port is the one listened on");
         }
         other => bail!("{what}: unexpected kind {other}"),
     }
     Ok(kind)
+}
+
+/// (group, resource, verb) of every rule, sorted; no resource names, no non-resource URLs.
+fn grants(rules: &[PolicyRule]) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for r in rules {
+        assert!(r.resource_names.is_none() && r.non_resource_urls.is_none(), "{r:?}");
+        for g in r.api_groups.iter().flatten() {
+            for res in r.resources.iter().flatten() {
+                for v in &r.verbs {
+                    out.push((g.clone(), res.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn yaml(text: &str, what: &str) -> Result<Value> {
@@ -117,7 +189,18 @@ fn plain_manifests_are_valid_and_minimal() -> Result<()> {
         }
     }
     kinds.sort();
-    assert_eq!(kinds, ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "Namespace", "ServiceAccount"]);
+    assert_eq!(
+        kinds,
+        [
+            "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "DaemonSet",
+            "Namespace",
+            "Role",
+            "ServiceAccount"
+        ]
+    );
     Ok(())
 }
 
@@ -171,6 +254,39 @@ fn helm_chart_renders_to_the_same_valid_objects() -> Result<()> {
         assert_eq!(doc, plain, "{what} differs from deploy/{}", path.file_name().unwrap().to_string_lossy());
     }
     kinds.sort();
-    assert_eq!(kinds, ["ClusterRole", "ClusterRoleBinding", "DaemonSet", "ServiceAccount"]);
+    assert_eq!(
+        kinds,
+        ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "DaemonSet", "Role", "ServiceAccount"]
+    );
+    Ok(())
+}
+
+#[test]
+fn krew_manifest_installs_the_plugin_binary_of_this_version() -> Result<()> {
+    let m = yaml(&std::fs::read_to_string(deploy_dir().join("krew/podtrace.yaml"))?, "krew")?;
+    assert_eq!(m["apiVersion"], "krew.googlecontainertools.github.com/v1alpha2");
+    assert_eq!(m["kind"], "Plugin");
+    // `kubectl krew install podtrace` makes `kubectl podtrace`.
+    assert_eq!(m["metadata"]["name"], "podtrace");
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(m["spec"]["version"], version.as_str());
+    let platforms = m["spec"]["platforms"].as_array().context("platforms")?;
+    let mut arches = Vec::new();
+    for p in platforms {
+        assert_eq!(p["bin"], "kubectl-podtrace");
+        assert!(p["files"].as_array().unwrap().iter().any(|f| f["from"] == "kubectl-podtrace"));
+        assert_eq!(p["selector"]["matchLabels"]["os"], "linux");
+        let arch = p["selector"]["matchLabels"]["arch"].as_str().context("arch")?;
+        let uri = p["uri"].as_str().context("uri")?;
+        assert!(
+            uri.contains(&format!("/{version}/")) && uri.ends_with(&format!("_linux_{arch}.tar.gz")),
+            "{uri}"
+        );
+        let sha = p["sha256"].as_str().context("sha256")?;
+        assert!(sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()), "{sha}");
+        arches.push(arch.to_string());
+    }
+    arches.sort();
+    assert_eq!(arches, ["amd64", "arm64"]);
     Ok(())
 }

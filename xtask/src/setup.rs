@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// Tool binary → Debian package.
-const PACKAGES: [(&str, &str); 10] = [
+const PACKAGES: [(&str, &str); 11] = [
     ("ip", "iproute2"),
     ("iptables", "iptables"),
     ("ip6tables", "iptables"),
@@ -29,6 +29,8 @@ const PACKAGES: [(&str, &str); 10] = [
     ("bpftool", "bpftool"),
     ("iperf3", "iperf3"),
     ("tcpdump", "tcpdump"),
+    // `kubectl plugin list` finds kubectl-podtrace (tests/tests/cluster.rs).
+    ("kubectl", "kubectl"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -10,7 +10,7 @@ use super::options::parse_duration;
 use crate::{
     node::{imds, inventory::Inventory, pods, rules::Ruleset},
     report::{
-        node::{Capacity, INSTANCE_TYPES, NodeFacts, render_table, report},
+        node::{Capacity, INSTANCE_TYPES, NodeFacts, NodeReport, render_table, report},
         table::{Format, Style},
     },
 };
@@ -64,12 +64,29 @@ fn capacity(args: &NodeArgs, instance_type: Option<&str>, found_enis: u32) -> Re
     Ok(args.max_ips_per_eni.map(|ips| Capacity { enis: found_enis, ips_per_eni: ips, vcpus: None }))
 }
 
+/// The report of this node now, pods named from `pods`.
+pub fn gather(args: &NodeArgs, pods: &[pods::PodInfo]) -> Result<NodeReport> {
+    let inv = Inventory::read(&args.enis)?;
+    if inv.enis.is_empty() {
+        bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
+    }
+    let imds = imds::read().map_err(|e| format!("{e:#}"));
+    let instance_type =
+        args.instance_type.clone().or_else(|| imds.as_ref().ok().and_then(|i| i.instance_type.clone()));
+    let capacity = capacity(args, instance_type.as_deref(), inv.enis.len() as u32)?;
+    let rules = Ruleset::read();
+    Ok(report(&NodeFacts {
+        inv: &inv,
+        pods,
+        rules: &rules,
+        imds: imds.as_ref().map_err(Clone::clone),
+        instance_type,
+        capacity,
+    }))
+}
+
 pub async fn run(args: NodeArgs) -> Result<()> {
     loop {
-        let inv = Inventory::read(&args.enis)?;
-        if inv.enis.is_empty() {
-            bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
-        }
         let pods = match &args.pods_file {
             Some(f) => pods::load_file(f)?,
             // Names are a bonus: without a reachable API, pod IPs are shown alone.
@@ -79,19 +96,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
                 .and_then(Result::ok)
                 .unwrap_or_default(),
         };
-        let imds = imds::read().map_err(|e| format!("{e:#}"));
-        let instance_type =
-            args.instance_type.clone().or_else(|| imds.as_ref().ok().and_then(|i| i.instance_type.clone()));
-        let capacity = capacity(&args, instance_type.as_deref(), inv.enis.len() as u32)?;
-        let rules = Ruleset::read();
-        let r = report(&NodeFacts {
-            inv: &inv,
-            pods: &pods,
-            rules: &rules,
-            imds: imds.as_ref().map_err(Clone::clone),
-            instance_type,
-            capacity,
-        });
+        let r = gather(&args, &pods)?;
         match args.output {
             Format::Json => println!("{}", serde_json::to_string(&r)?),
             Format::Table => {

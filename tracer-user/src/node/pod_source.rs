@@ -47,6 +47,15 @@ impl PodCache {
         }
     }
 
+    /// Every pod known, once each.
+    pub fn all(&self) -> Vec<PodInfo> {
+        let Ok(g) = self.0.read() else { return Vec::new() };
+        let mut pods: Vec<PodInfo> = g.values().cloned().collect();
+        pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        pods.dedup_by(|a, b| a.namespace == b.namespace && a.name == b.name);
+        pods
+    }
+
     pub fn len(&self) -> usize {
         self.0.read().map(|g| g.len()).unwrap_or(0)
     }

@@ -3,6 +3,7 @@
 pub mod compare;
 pub mod json;
 pub mod node;
+pub mod stitched;
 pub mod summary;
 pub mod svg;
 pub mod table;

@@ -1,4 +1,4 @@
-//! The agent's read-only HTTP API: `GET /flows`, `GET /metrics`, `GET /healthz`.
+//! The agent's read-only HTTP API: `GET /flows`, `GET /node`, `GET /metrics`, `GET /healthz`.
 //! Served on a unix socket (mode 0600) and, only when asked, on a TCP address.
 //! No endpoint changes anything, attaches programs or reads packet payloads.
 use std::{
@@ -23,6 +23,7 @@ use super::{FlowsRequest, state::Shared};
 pub struct ApiState {
     pub state: Shared,
     pub flows: tokio::sync::mpsc::Sender<FlowsRequest>,
+    pub node: super::node_api::NodeSource,
 }
 
 /// Filters of `GET /flows`.
@@ -32,6 +33,9 @@ pub struct FlowQuery {
     pub namespace: Option<String>,
     /// Only flows with a packet at or after this Unix time (ms).
     pub since: Option<u64>,
+    /// The flows of the pod with this IP: this node's pod, or a pod elsewhere where its flows
+    /// cross this node (a NodePort request forwarded to it), named `pod`/`namespace` if given.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 fn decode(v: &str) -> Result<String, String> {
@@ -74,7 +78,9 @@ pub fn parse_flow_query(q: &str) -> Result<FlowQuery, String> {
             "since" => {
                 out.since = Some(v.parse().map_err(|_| format!("since={v:?} is not a Unix time in ms"))?)
             }
-            other => return Err(format!("unknown query parameter {other:?} (pod, namespace, since)")),
+            "ip" if v.is_empty() => {}
+            "ip" => out.ip = Some(v.parse().map_err(|_| format!("ip={v:?} is not an IP address"))?),
+            other => return Err(format!("unknown query parameter {other:?} (pod, namespace, since, ip)")),
         }
     }
     Ok(out)
@@ -112,6 +118,7 @@ async fn healthz(AxState(api): AxState<ApiState>) -> Response {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/flows", get(flows))
+        .route("/node", get(super::node_api::node))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(state)
@@ -141,8 +148,16 @@ pub async fn serve_unix(path: &Path, state: ApiState) -> Result<()> {
     Ok(())
 }
 
-/// Serves on an explicit TCP address (never chosen by default).
-pub async fn serve_tcp(addr: SocketAddr, state: ApiState) -> Result<()> {
+/// Serves on an explicit TCP address (never chosen by default); with `auth`, over TLS and
+/// every request authenticated and authorized first.
+pub async fn serve_tcp(
+    addr: SocketAddr,
+    state: ApiState,
+    auth: Option<&super::auth::Protection>,
+) -> Result<()> {
+    if let Some(p) = auth {
+        return p.serve(addr, router(state)).await;
+    }
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     let app = router(state);
     tokio::spawn(async move {
@@ -170,7 +185,12 @@ mod tests {
     fn parses_queries() {
         assert_eq!(
             parse_flow_query("pod=web-1&namespace=default&since=12").unwrap(),
-            FlowQuery { pod: Some("web-1".into()), namespace: Some("default".into()), since: Some(12) }
+            FlowQuery {
+                pod: Some("web-1".into()),
+                namespace: Some("default".into()),
+                since: Some(12),
+                ip: None
+            }
         );
         assert_eq!(parse_flow_query("pod=a%2Db+c").unwrap().pod.as_deref(), Some("a-b c"));
         assert!(parse_flow_query("since=-1").unwrap_err().contains("since"));
@@ -178,5 +198,7 @@ mod tests {
         assert!(parse_flow_query("pod=%zz").is_err());
         assert!(parse_flow_query("pod=%e2%28").is_err());
         assert_eq!(parse_flow_query("").unwrap(), FlowQuery::default());
+        assert_eq!(parse_flow_query("ip=198.18.2.11").unwrap().ip, Some("198.18.2.11".parse().unwrap()));
+        assert!(parse_flow_query("ip=web").unwrap_err().contains("not an IP"));
     }
 }

@@ -28,7 +28,7 @@ pub fn get(socket: &Path, path: &str) -> Result<String> {
 }
 
 /// Percent-encodes a query value.
-fn encode(v: &str) -> String {
+pub fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),

@@ -109,6 +109,9 @@ pub fn render(state: &State) -> String {
     let attached = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
     reg.register("attached_interfaces", "Interfaces with podtrace programs attached", attached.clone());
 
+    if let Some(c) = &state.export {
+        export_metrics(&mut reg, c);
+    }
     let pod_labels =
         |(pod, namespace): &PodKey| PodLabels { pod: pod.to_string(), namespace: namespace.to_string() };
     let kind_labels = |(pod, namespace): &PodKey, kind: &str| KindLabels {
@@ -161,4 +164,38 @@ pub fn render(state: &State) -> String {
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");
     out
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: String,
+}
+
+/// The OTLP export's accounting: records = exported + dropped + pending.
+fn export_metrics(reg: &mut Registry, c: &super::otlp::ExportCounters) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let records = Counter::<u64>::default();
+    reg.register(
+        "export_records",
+        "OTLP log records made (one per flow and round it changed in)",
+        records.clone(),
+    );
+    records.inc_by(c.records.load(Relaxed));
+    let exported = Counter::<u64>::default();
+    reg.register("export_exported", "OTLP log records the collector accepted", exported.clone());
+    exported.inc_by(c.exported.load(Relaxed));
+    let dropped = counter_family::<DropLabels>(
+        reg,
+        "export_dropped",
+        "OTLP log records not delivered: queue_full (the collector is slower than the flows) or export_failed (refused, unreachable or timed out)",
+    );
+    dropped
+        .get_or_create(&DropLabels { reason: "queue_full".into() })
+        .inc_by(c.dropped_queue_full.load(Relaxed));
+    dropped
+        .get_or_create(&DropLabels { reason: "export_failed".into() })
+        .inc_by(c.dropped_export_failed.load(Relaxed));
+    let pending = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    reg.register("export_pending_records", "OTLP log records queued or being sent", pending.clone());
+    pending.set(c.pending.load(Relaxed) as i64);
 }

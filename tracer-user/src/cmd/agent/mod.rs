@@ -7,10 +7,16 @@
 //! kernel table holds `--max-flows` entries (map-full counted), and the hop-event and conntrack
 //! buffers are capped.
 pub mod api;
+pub mod auth;
 pub mod client;
+pub mod export_rounds;
 pub mod metrics;
+pub mod node_api;
+pub mod otlp;
+pub mod otlp_record;
 pub mod poll_times;
 pub mod state;
+pub mod tls;
 pub mod tracker;
 
 use std::{
@@ -78,6 +84,10 @@ pub struct AgentArgs {
     /// Safety net: full re-scan of links and rules this often.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
+    #[command(flatten)]
+    pub auth: auth::AuthArgs,
+    #[command(flatten)]
+    pub otlp: otlp::OtlpArgs,
 }
 
 /// A `GET /flows` for the agent loop, which owns the data flows are built from.
@@ -118,6 +128,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         anyhow::bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
     }
     let cache = pod_source(&args).await?;
+    // Before attaching anything: a bad export or auth configuration is a one-line error.
+    let protection = match args.auth.authenticate {
+        true => Some(auth::Protection::new(&args.auth, args.node_name.clone()).await?),
+        false => None,
+    };
+    let export = otlp::OtlpExport::start(&args.otlp, args.node_name.clone())?;
     let opts = SessionOptions {
         sample_rate: args.sample_rate,
         max_flows: args.max_flows,
@@ -143,26 +159,33 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         interner: Interner::default(),
         last: None,
         blind: Default::default(),
+        export: None,
     };
+    if let Some(e) = export {
+        state.write().expect("state").export = Some(e.counters.clone());
+        agent.export = Some(export_rounds::ExportRounds::new(e));
+    }
     agent.reconcile()?;
     // A first snapshot before the API answers: /healthz is true from the first request on.
     agent.poll()?;
     state.write().expect("state").poll_interval_seconds = args.poll_interval.as_secs_f64();
 
     let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel::<FlowsRequest>(16);
-    let api_state = api::ApiState { state: state.clone(), flows: flows_tx };
+    let node = node_api::NodeSource { enis: args.enis.clone(), cache: agent.cache.clone() };
+    let api_state = api::ApiState { state: state.clone(), flows: flows_tx, node };
     api::serve_unix(&args.socket, api_state.clone()).await?;
     let _socket_file = api::SocketFile(args.socket.clone());
     if let Some(addr) = args.listen {
-        api::serve_tcp(addr, api_state).await?;
+        api::serve_tcp(addr, api_state, protection.as_ref()).await?;
     }
     // Signals are handled from here on: the readiness line below must not race them.
     let mut events = agent.session.events(None)?;
+    let scheme = if protection.is_some() { "https (authenticated)" } else { "http" };
     eprintln!(
         "podtrace: agent tracing {} interfaces, API on {}{}",
         agent.session.attached().count(),
         args.socket.display(),
-        args.listen.map(|a| format!(" and http://{a}")).unwrap_or_default()
+        args.listen.map(|a| format!(" and {scheme}://{a}")).unwrap_or_default()
     );
     let mut next_poll = tokio::time::Instant::now() + args.poll_interval;
     let mut poll_times = PollTimes::default();

@@ -115,6 +115,8 @@ pub struct State {
     /// How long the last poll took, and the interval it sets (stretched when polls are long).
     pub poll_seconds: f64,
     pub poll_interval_seconds: f64,
+    /// What became of the OTLP records, when exporting.
+    pub export: Option<Arc<super::otlp::ExportCounters>>,
 }
 
 impl State {

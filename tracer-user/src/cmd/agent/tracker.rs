@@ -8,6 +8,7 @@ use tracer_common::FlowKey;
 
 use super::{
     AgentArgs, api,
+    export_rounds::ExportRounds,
     state::{FlowSummary, Interner, LiveTotals, PodEni, Shared},
 };
 use crate::{
@@ -93,6 +94,8 @@ pub struct Agent {
     pub last: Option<Snapshot>,
     /// Blind hooks already warned about (tc mode beside another tool's filters).
     pub blind: HashSet<String>,
+    /// OTLP export, when configured.
+    pub export: Option<ExportRounds>,
 }
 
 impl Agent {
@@ -184,9 +187,17 @@ impl Agent {
         let t2 = Instant::now();
         let mut flows: Vec<(FlowSummary, u32)> = Vec::new();
         let interner = &mut self.interner;
+        let mut round = self.export.as_mut().and_then(ExportRounds::begin);
+        let export = &self.export;
         let connection_of = self.session.each_flow(&snap, &self.ctx, &self.pods, |f, connection| {
+            if let (Some(e), Some(r)) = (export, round.as_mut()) {
+                e.offer(r, &f);
+            }
             flows.push((FlowSummary::of(&f, interner), connection));
         });
+        if let (Some(e), Some(r)) = (self.export.as_mut(), round) {
+            e.end(r);
+        }
         log::debug!(
             "poll: inventory {:?}, kernel+conntrack {:?}, assembly {:?} ({} entries, {} flows)",
             t1 - t0,
@@ -265,15 +276,28 @@ impl Agent {
     /// Builds the flows a `GET /flows` asks for from the last snapshot (NDJSON).
     pub fn answer(&self, q: &api::FlowQuery) -> String {
         let Some(snap) = &self.last else { return String::new() };
-        let pods: Vec<TracedPod> = self
+        let mut pods: Vec<TracedPod> = self
             .pods
             .iter()
             .filter(|p| {
                 q.pod.as_ref().is_none_or(|n| &p.name == n)
                     && q.namespace.as_ref().is_none_or(|n| &p.namespace == n)
+                    && q.ip.is_none_or(|ip| p.ips.contains(&ip))
             })
             .cloned()
             .collect();
+        // A pod of another node: its flows where they cross this node (as `compare` traces
+        // remote endpoints), named as the caller named it.
+        if let Some(ip) = q.ip
+            && !self.pods.iter().any(|p| p.ips.contains(&ip))
+        {
+            pods.push(TracedPod {
+                name: q.pod.clone().unwrap_or_else(|| ip.to_string()),
+                namespace: q.namespace.clone().unwrap_or_default(),
+                ips: vec![ip],
+                ..Default::default()
+            });
+        }
         let mut flows = Vec::new();
         self.session.each_flow(snap, &self.ctx, &pods, |f, _| {
             if q.since.is_none_or(|s| f.last_seen_ms >= s) {
