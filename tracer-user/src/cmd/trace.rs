@@ -15,7 +15,11 @@ use super::{
 };
 use crate::{
     assemble::session::{Session, SessionOptions, Wake},
-    kernel::{attach::AttachMode, load::SampleRate, preflight},
+    kernel::{
+        attach::AttachMode,
+        load::{self, SampleRate},
+        preflight,
+    },
     node::inventory::Inventory,
     report::{
         json::FlowReport,
@@ -85,6 +89,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     if let Some(sock) = &args.agent {
         return super::via_agent::trace(sock, &args).await;
     }
+    load::check_flow_table(args.max_flows)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let pods = select_pods(&args).await?;

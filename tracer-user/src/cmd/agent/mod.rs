@@ -23,13 +23,18 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::options::parse_duration;
+use super::options::{deadline_after, parse_duration};
 use crate::{
     assemble::{
         context::NodeContext,
         session::{Session, SessionOptions, Wake},
     },
-    kernel::{attach::AttachMode, leftovers, load::SampleRate, preflight},
+    kernel::{
+        attach::AttachMode,
+        leftovers,
+        load::{self, SampleRate},
+        preflight,
+    },
     node::{inventory::Inventory, link_events, pod_source, pods, rules::NatRules},
 };
 use poll_times::PollTimes;
@@ -53,10 +58,12 @@ pub struct AgentArgs {
     /// Flows without a packet for this long expire.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// At most this many flows are tracked; the oldest are evicted (and counted) beyond it.
-    #[arg(long, default_value_t = 50_000)]
-    pub max_tracked_flows: usize,
-    /// Capacity of the kernel flow table (per flow, interface and hook).
+    /// At most this many flows are tracked (1 to 1 000 000); the oldest are evicted (and
+    /// counted) beyond it. The agent's memory grows with it (see deploy/README.md).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_tracked_flows: u32,
+    /// Capacity of the kernel flow table (per flow, interface and hook). Its memory is taken
+    /// at start for every CPU: refused beyond 1 GiB.
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..))]
     pub max_flows: u32,
     /// Use these interfaces as ENIs instead of discovering them.
@@ -107,6 +114,7 @@ async fn pod_source(args: &AgentArgs) -> Result<pod_source::PodCache> {
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
+    load::check_flow_table(args.max_flows)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let inv = Inventory::read(&args.enis)?;
@@ -156,7 +164,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         args.socket.display(),
         args.listen.map(|a| format!(" and http://{a}")).unwrap_or_default()
     );
-    let mut next_poll = tokio::time::Instant::now() + args.poll_interval;
+    let mut next_poll = deadline_after(args.poll_interval);
     let mut poll_times = PollTimes::default();
     let mut last_reconcile = Instant::now();
     let mut events = agent.session.events(None)?;
@@ -190,7 +198,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 }
                 let took = started.elapsed();
                 let interval = poll_times.next_interval(args.poll_interval, took);
-                next_poll = tokio::time::Instant::now() + interval;
+                next_poll = deadline_after(interval);
                 let mut st = state.write().expect("state");
                 st.poll_seconds = took.as_secs_f64();
                 st.poll_interval_seconds = interval.as_secs_f64();
