@@ -150,6 +150,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // A first snapshot before the API answers: /healthz is true from the first request on.
     agent.poll()?;
     state.write().expect("state").poll_interval_seconds = args.poll_interval.as_secs_f64();
+    // Signals are caught from here on, before the line that tells the world we run.
+    let mut events = agent.session.events(None)?;
 
     let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel::<FlowsRequest>(16);
     let api_state = api::ApiState { state: state.clone(), flows: flows_tx };
@@ -167,7 +169,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut next_poll = deadline_after(args.poll_interval);
     let mut poll_times = PollTimes::default();
     let mut last_reconcile = Instant::now();
-    let mut events = agent.session.events(None)?;
     loop {
         tokio::select! {
             wake = events.next() => match wake {
