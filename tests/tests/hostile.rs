@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use nix::sys::signal::Signal;
 use podtrace::kernel::tc;
-use tests::{Finished, Running, lab, start_podtrace_via};
+use tests::{Finished, Running, lab, metric, start_podtrace_via};
 use xtask::{
     lab::{Lab, state_dir, traffic},
     netns,
@@ -78,6 +78,32 @@ fn get_unix(sock: &Path, path: &str, within: Duration) -> Result<(u16, String)> 
     s.set_read_timeout(Some(within))?;
     s.set_write_timeout(Some(within))?;
     get_on(s, path)
+}
+
+/// `/healthz` on the unix socket answers 200 within the issue's bound of 1 s.
+fn healthz_within_1s(sock: &Path, when: &str) -> Result<()> {
+    let t = Instant::now();
+    let (code, body) = get_unix(sock, "/healthz", Duration::from_secs(1))
+        .with_context(|| format!("{when}: /healthz after {:?}", t.elapsed()))?;
+    ensure!(code == 200, "{when}: /healthz answered {code}: {body}");
+    ensure!(t.elapsed() < Duration::from_secs(1), "{when}: /healthz took {:?}", t.elapsed());
+    Ok(())
+}
+
+fn polls(sock: &Path) -> Result<f64> {
+    let (_, text) = get_unix(sock, "/metrics", Duration::from_secs(5))?;
+    metric(&text, "podtrace_agent_events_total", &[("name", "polls")])
+}
+
+/// Waits until the agent has polled twice more (the second poll began after now).
+fn two_more_polls(sock: &Path) -> Result<()> {
+    let start = polls(sock)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while polls(sock)? < start + 2.0 {
+        ensure!(Instant::now() < deadline, "the agent stopped polling");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// Runs podtrace in `ns` to completion, killed (and the test failed) if it is still running
@@ -171,6 +197,190 @@ fn podtrace_filters(lab: &Lab) -> Result<Vec<(String, tc::BpfFilter)>> {
 
 fn has_clsact(lab: &Lab, ifname: &str) -> Result<bool> {
     Ok(sh(lab, "node-a", &["tc", "qdisc", "show", "dev", ifname])?.contains("clsact"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pods file
+
+/// The pods file replaced by a FIFO while the agent ran froze the whole agent.
+#[test]
+fn a_fifo_in_place_of_the_pods_file_does_not_freeze_the_agent() -> Result<()> {
+    let lab = lab("hfifo", |_| {})?;
+    let dir = state_dir(lab.prefix());
+    let pods = dir.join("pods-live.json");
+    std::fs::copy(lab.pods_file(), &pods)?;
+    let sock = default_sock(&lab);
+    let running = start_podtrace_via(
+        &lab.ns("node-a"),
+        &[],
+        &[
+            "agent",
+            "--pods-file",
+            pods.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "--poll-interval",
+            "200ms",
+        ],
+    )?;
+    std::fs::remove_file(&pods)?;
+    nix::unistd::mkfifo(&pods, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        healthz_within_1s(&sock, "with a FIFO as pods file")?;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    two_more_polls(&sock)?;
+    let out = running.signal(Signal::SIGTERM)?;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("not a regular file"), "{}", out.stderr);
+    Ok(())
+}
+
+/// `--pods-file /dev/zero`: RSS 5.3 GB and growing; a FIFO hung the start.
+#[test]
+fn pods_files_that_are_not_regular_files_are_refused() -> Result<()> {
+    let lab = lab("hdevzero", |_| {})?;
+    let ns = lab.ns("node-a");
+    let fifo = state_dir(lab.prefix()).join("pods.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+    let sock = default_sock(&lab);
+    for file in ["/dev/zero", fifo.to_str().unwrap()] {
+        for args in [
+            vec!["agent", "--pods-file", file, "--socket", sock.to_str().unwrap()],
+            vec!["--pod", "web-2", "--pods-file", file, "--duration", "1s"],
+        ] {
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args(["netns", "exec", &ns]).arg(tests::podtrace_bin()).args(&args);
+            let (out, _) = run_measured(&mut cmd, Duration::from_secs(20), 512 << 10)?;
+            one_line_error(&out, "is not a regular file");
+        }
+    }
+    Ok(())
+}
+
+/// A synthetic `kubectl get pods -A -o json` of `n` pods (about 230 bytes each) plus the lab's.
+fn big_pods_file(lab: &Lab, n: usize) -> Result<PathBuf> {
+    let lab_pods: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(lab.pods_file())?)?;
+    let path = state_dir(lab.prefix()).join("pods-100k.json");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    write!(f, "{{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[")?;
+    for p in lab_pods["items"].as_array().unwrap() {
+        write!(f, "{p},")?;
+    }
+    for i in 0..n {
+        if i > 0 {
+            write!(f, ",")?;
+        }
+        write!(
+            f,
+            r#"{{"metadata":{{"name":"filler-{i}","namespace":"ns-{}","labels":{{"app":"filler"}}}},"spec":{{"nodeName":"node-{}","containers":[{{"name":"c"}}]}},"status":{{"phase":"Running","podIP":"10.{}.{}.{}","hostIP":"10.200.0.1"}}}}"#,
+            i % 50,
+            i % 200,
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        )?;
+    }
+    write!(f, "]}}")?;
+    f.flush()?;
+    Ok(path)
+}
+
+/// A pods file of 100 k pods (23 MB): trace RSS 460 MB, agent peak 636 MB.
+#[test]
+fn a_large_pods_file_is_parsed_in_bounded_memory() -> Result<()> {
+    let lab = lab("hbigpods", |_| {})?;
+    let ns = lab.ns("node-a");
+    let small = lab.pods_file();
+    let big = big_pods_file(&lab, 100_000)?;
+    assert!(std::fs::metadata(&big)?.len() > 20 << 20);
+    let trace = |pods: &Path| -> Result<u64> {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &ns]).arg(tests::podtrace_bin()).args([
+            "--pod",
+            "web-2",
+            "--pods-file",
+            pods.to_str().unwrap(),
+            "--duration",
+            "1s",
+            "-o",
+            "json",
+        ]);
+        let (out, rss) = run_measured(&mut cmd, Duration::from_secs(60), 2 << 20)?;
+        assert!(out.status.success(), "{}", out.stderr);
+        Ok(rss)
+    };
+    let baseline = trace(&small)?;
+    let with_big = trace(&big)?;
+    assert!(
+        with_big < baseline + (40 << 10),
+        "trace peak RSS {with_big} kB with 100 k pods, {baseline} kB with the lab's"
+    );
+    let sock = default_sock(&lab);
+    let agent_peak = |pods: &Path| -> Result<u64> {
+        let args = [
+            "agent",
+            "--pods-file",
+            pods.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "--poll-interval",
+            "200ms",
+        ];
+        let running = start_podtrace_via(&ns, &[], &args)?;
+        two_more_polls(&sock)?;
+        // Named from the file all the same.
+        let (_, text) = get_unix(&sock, "/metrics", Duration::from_secs(5))?;
+        metric(&text, "podtrace_flows", &[("pod", "web-2")])?;
+        let hwm = status_kb(running.pid(), "VmHWM:")?;
+        assert!(running.signal(Signal::SIGTERM)?.status.success());
+        Ok(hwm)
+    };
+    let (baseline, with_big) = (agent_peak(&small)?, agent_peak(&big)?);
+    // The agent keeps every pod with an address (no --node-name here): about 100 bytes each.
+    assert!(
+        with_big < baseline + (40 << 10),
+        "agent peak RSS {with_big} kB with 100 k pods, {baseline} kB with the lab's"
+    );
+    Ok(())
+}
+
+/// `{"items":[]}` followed by NUL bytes was accepted.
+#[test]
+fn trailing_garbage_after_the_pod_list_is_refused() -> Result<()> {
+    let lab = lab("htrail", |_| {})?;
+    let file = state_dir(lab.prefix()).join("trailing.json");
+    let mut text = br#"{"items":[]}"#.to_vec();
+    text.extend([0u8; 16]);
+    std::fs::write(&file, text)?;
+    let out = run_bounded(&lab.ns("node-a"), &["--pod", "web-2", "--pods-file", file.to_str().unwrap()])?;
+    one_line_error(&out, "trailing characters");
+    Ok(())
+}
+
+/// An invalid pods file left in place: a WARN every 2 s, forever.
+#[test]
+fn an_invalid_pods_file_is_reported_once_not_every_two_seconds() -> Result<()> {
+    let lab = lab("hwarn", |_| {})?;
+    let pods = state_dir(lab.prefix()).join("pods-live.json");
+    std::fs::copy(lab.pods_file(), &pods)?;
+    let sock = default_sock(&lab);
+    let running = start_podtrace_via(
+        &lab.ns("node-a"),
+        &[],
+        &["agent", "--pods-file", pods.to_str().unwrap(), "--socket", sock.to_str().unwrap()],
+    )?;
+    std::fs::write(&pods, "{\"items\": [")?;
+    std::thread::sleep(Duration::from_secs(9));
+    let (_, text) = get_unix(&sock, "/metrics", Duration::from_secs(5))?;
+    assert_eq!(metric(&text, "podtrace_agent_events_total", &[("name", "pods_file_errors")])?, 1.0);
+    // The pods it had are kept.
+    assert!(metric(&text, "podtrace_flows", &[("pod", "web-2")]).is_ok(), "{text}");
+    let out = running.signal(Signal::SIGTERM)?;
+    let warnings = out.stderr.lines().filter(|l| l.contains("pods-live.json")).count();
+    assert_eq!(warnings, 1, "{}", out.stderr);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

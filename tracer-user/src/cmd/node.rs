@@ -60,7 +60,12 @@ pub async fn run(args: NodeArgs) -> Result<()> {
             bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
         }
         let pods = match &args.pods_file {
-            Some(f) => pods::load_file(f)?,
+            // Only the pods with an address on this node are kept: the file may list a cluster.
+            Some(f) => {
+                let here: std::collections::HashSet<std::net::IpAddr> =
+                    inv.pod_routes().into_iter().map(|(ip, _)| ip).collect();
+                pods::read_file(f, |p| p.ips.iter().any(|ip| here.contains(ip)))?
+            }
             // Names are a bonus: without a reachable API, pod IPs are shown alone.
             None => tokio::time::timeout(Duration::from_secs(5), pods::from_api(None, None))
                 .await

@@ -3,8 +3,11 @@
 use std::{
     collections::HashMap,
     net::IpAddr,
-    path::PathBuf,
-    sync::{Arc, RwLock},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -15,63 +18,135 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use super::pods::{self, PodInfo};
 
-/// IP → pod, shared with the agent loop.
+/// A pod's name, as the agent keeps it per IP (labels and the rest are not needed there).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodName {
+    pub name: String,
+    pub namespace: String,
+}
+
+/// IP → pod, shared with the agent loop, and how often the pods file could not be read.
 #[derive(Clone, Default)]
-pub struct PodCache(Arc<RwLock<HashMap<IpAddr, PodInfo>>>);
+pub struct PodCache {
+    pods: Arc<RwLock<HashMap<IpAddr, PodName>>>,
+    errors: Arc<AtomicU64>,
+}
 
 impl PodCache {
-    pub fn get(&self, ip: &IpAddr) -> Option<PodInfo> {
-        self.0.read().ok()?.get(ip).cloned()
+    pub fn get(&self, ip: &IpAddr) -> Option<PodName> {
+        self.pods.read().ok()?.get(ip).cloned()
     }
 
     pub fn replace(&self, pods: Vec<PodInfo>) {
-        let map =
-            pods.into_iter().flat_map(|p| p.ips.clone().into_iter().map(move |ip| (ip, p.clone()))).collect();
-        if let Ok(mut g) = self.0.write() {
+        let mut map = HashMap::new();
+        for p in pods {
+            insert(&mut map, p);
+        }
+        self.set(map);
+    }
+
+    fn set(&self, map: HashMap<IpAddr, PodName>) {
+        if let Ok(mut g) = self.pods.write() {
             *g = map;
         }
     }
 
     fn apply(&self, p: PodInfo) {
-        if let Ok(mut g) = self.0.write() {
+        if let Ok(mut g) = self.pods.write() {
             g.retain(|_, old| !(old.name == p.name && old.namespace == p.namespace));
-            for ip in &p.ips {
-                g.insert(*ip, p.clone());
+            let name = PodName { name: p.name, namespace: p.namespace };
+            for ip in p.ips {
+                g.insert(ip, name.clone());
             }
         }
     }
 
     fn delete(&self, p: &PodInfo) {
-        if let Ok(mut g) = self.0.write() {
+        if let Ok(mut g) = self.pods.write() {
             g.retain(|_, old| !(old.name == p.name && old.namespace == p.namespace));
         }
     }
 
     pub fn len(&self) -> usize {
-        self.0.read().map(|g| g.len()).unwrap_or(0)
+        self.pods.read().map(|g| g.len()).unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Versions of the pods file that could not be read.
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
 }
 
-/// Re-reads a pods file whenever its modification time changes.
-pub async fn follow_file(path: PathBuf, cache: PodCache) {
-    let mut seen: Option<SystemTime> = None;
-    loop {
-        let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if mtime != seen {
-            match pods::load_file(&path) {
-                Ok(p) => {
-                    cache.replace(p);
-                    seen = mtime;
+fn insert(map: &mut HashMap<IpAddr, PodName>, p: PodInfo) {
+    let name = PodName { name: p.name, namespace: p.namespace };
+    for ip in p.ips {
+        map.insert(ip, name.clone());
+    }
+}
+
+/// Names by IP from a pods file: the pods with an address, on `node` when it is known (the
+/// file may list the whole cluster). Built as the file is parsed.
+fn read_names(path: &Path, node: Option<&str>) -> Result<HashMap<IpAddr, PodName>> {
+    let mut map = HashMap::new();
+    pods::for_each_in_file(path, |p| {
+        if node.is_none_or(|n| p.node.as_deref() == Some(n)) {
+            insert(&mut map, p);
+        }
+    })?;
+    Ok(map)
+}
+
+/// Fills the cache from a pods file (see [`read_names`]).
+pub fn load_file(cache: &PodCache, path: &Path, node: Option<&str>) -> Result<()> {
+    cache.set(read_names(path, node)?);
+    Ok(())
+}
+
+/// What identifies one version of a file: a new inode, size or modification time is a new
+/// version; an unreadable path is its own version (its error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Version {
+    File { ino: u64, size: u64, mtime: Option<SystemTime> },
+    Unreadable(String),
+}
+
+fn version(path: &Path) -> Version {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => Version::File { ino: m.ino(), size: m.len(), mtime: m.modified().ok() },
+        Err(e) => Version::Unreadable(e.to_string()),
+    }
+}
+
+/// Re-reads a pods file whenever it changes, on a thread of its own (reading a file can block:
+/// it must never stall the agent's runtime). Each version is read once: a bad one is reported
+/// and counted once, and the pods read before are kept until a good one appears.
+pub fn follow_file(path: PathBuf, node: Option<String>, cache: PodCache) -> Result<()> {
+    let mut seen = version(&path);
+    std::thread::Builder::new().name("podtrace-podsfile".into()).spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(2));
+            let now = version(&path);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load_file(&cache, &path, node.as_deref()) {
+                Ok(()) => {
+                    log::info!("pods file {} re-read", path.display());
                 }
-                Err(e) => log::warn!("{e:#}"),
+                Err(e) => {
+                    cache.errors.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("{e:#} (keeping the pods read before; reported once per version of the file)");
+                }
             }
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    })?;
+    Ok(())
 }
 
 /// Watches the pods scheduled on `node` (field selector `spec.nodeName=<node>`) and keeps the

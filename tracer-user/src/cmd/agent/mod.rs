@@ -35,7 +35,7 @@ use crate::{
         load::{self, SampleRate},
         preflight,
     },
-    node::{inventory::Inventory, link_events, pod_source, pods, rules::NatRules},
+    node::{inventory::Inventory, link_events, pod_source, rules::NatRules},
 };
 use poll_times::PollTimes;
 use state::{Interner, Shared, State};
@@ -93,9 +93,9 @@ pub struct FlowsRequest {
 async fn pod_source(args: &AgentArgs) -> Result<pod_source::PodCache> {
     let cache = pod_source::PodCache::default();
     match (&args.pods_file, &args.node_name) {
-        (Some(f), _) => {
-            cache.replace(pods::load_file(f)?);
-            tokio::spawn(pod_source::follow_file(f.clone(), cache.clone()));
+        (Some(f), node) => {
+            pod_source::load_file(&cache, f, node.as_deref())?;
+            pod_source::follow_file(f.clone(), node.clone(), cache.clone())?;
         }
         (None, Some(node)) => {
             let client = kube::Client::try_default().await.context(

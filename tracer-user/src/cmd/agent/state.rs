@@ -105,6 +105,8 @@ pub struct State {
     /// Packets and bytes of expired flows, per (pod, namespace, eni).
     pub expired_totals: BTreeMap<PodEni, (u64, u64)>,
     pub polls: u64,
+    /// Pods files that could not be read (each version of the file counted once).
+    pub pods_file_errors: u64,
     pub flows_expired: u64,
     pub flows_evicted: u64,
     pub attach_errors: u64,
@@ -121,6 +123,7 @@ impl State {
     pub fn agent_counters(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("polls", self.polls),
+            ("pods_file_errors", self.pods_file_errors),
             ("flows_expired", self.flows_expired),
             ("flows_evicted", self.flows_evicted),
             ("attach_errors", self.attach_errors),

@@ -228,6 +228,7 @@ impl Agent {
                 e.1 += bytes;
             }
             st.polls += 1;
+            st.pods_file_errors = self.cache.errors();
             st.flows_expired += n_expired;
             st.flows_evicted += n_evicted;
             st.live = live;
