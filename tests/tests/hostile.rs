@@ -4,7 +4,7 @@
 //! own: `/healthz` answers within 1 s.
 use std::{
     io::{Read, Write},
-    os::unix::net::UnixStream,
+    os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -380,6 +380,100 @@ fn an_invalid_pods_file_is_reported_once_not_every_two_seconds() -> Result<()> {
     let out = running.signal(Signal::SIGTERM)?;
     let warnings = out.stderr.lines().filter(|l| l.contains("pods-live.json")).count();
     assert_eq!(warnings, 1, "{}", out.stderr);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket path
+
+/// `--socket DIR/agent.sock` with DIR existing, mode 1777: DIR was chmod'ed to 0700.
+#[test]
+fn an_existing_socket_directory_keeps_its_mode() -> Result<()> {
+    let lab = lab("hsockdir", |_| {})?;
+    let dir = state_dir(lab.prefix()).join("shared");
+    std::fs::create_dir(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))?;
+    let sock = dir.join("agent.sock");
+    let running = agent(&lab, &[], &sock, &[])?;
+    assert_eq!(std::fs::metadata(&sock)?.permissions().mode() & 0o777, 0o600);
+    assert!(running.signal(Signal::SIGTERM)?.status.success());
+    assert_eq!(std::fs::metadata(&dir)?.permissions().mode() & 0o7777, 0o1777);
+    // A directory podtrace creates itself is private.
+    let own = state_dir(lab.prefix()).join("own/sub");
+    let running = agent(&lab, &[], &own.join("agent.sock"), &[])?;
+    assert_eq!(std::fs::metadata(&own)?.permissions().mode() & 0o777, 0o700);
+    drop(running);
+    Ok(())
+}
+
+/// A regular file at the socket path was silently deleted; other things are refused too.
+#[test]
+fn only_a_stale_socket_is_replaced() -> Result<()> {
+    let lab = lab("hsockfile", |_| {})?;
+    let ns = lab.ns("node-a");
+    let dir = state_dir(lab.prefix());
+    let pods = lab.pods_file();
+    let file = dir.join("precious.txt");
+    std::fs::write(&file, "keep me")?;
+    let dangling = dir.join("dangling.sock");
+    std::os::unix::fs::symlink(dir.join("nowhere/agent.sock"), &dangling)?;
+    let subdir = dir.join("a-directory");
+    std::fs::create_dir(&subdir)?;
+    for (path, want) in
+        [(&file, "is not a socket"), (&dangling, "dangling symlink"), (&subdir, "is not a socket")]
+    {
+        let out = run_bounded(
+            &ns,
+            &["agent", "--pods-file", pods.to_str().unwrap(), "--socket", path.to_str().unwrap()],
+        )?;
+        one_line_error(&out, want);
+    }
+    assert_eq!(std::fs::read_to_string(&file)?, "keep me");
+    assert!(dangling.symlink_metadata().is_ok() && subdir.is_dir());
+    // A stale socket (its agent SIGKILLed) is taken over.
+    let sock = default_sock(&lab);
+    agent(&lab, &[], &sock, &[])?.signal(Signal::SIGKILL)?;
+    assert!(sock.exists());
+    let running = agent(&lab, &[], &sock, &[])?;
+    assert_eq!(get_unix(&sock, "/healthz", Duration::from_secs(5))?.0, 200);
+    drop(running);
+    Ok(())
+}
+
+/// Agent A running, its socket removed, agent B started on the path, A stopped: A deleted B's
+/// socket.
+#[test]
+fn an_agent_removes_only_its_own_socket() -> Result<()> {
+    let lab = lab("hsockown", |_| {})?;
+    let sock = default_sock(&lab);
+    let a = agent(&lab, &[], &sock, &[])?;
+    std::fs::remove_file(&sock)?;
+    let b = agent(&lab, &[], &sock, &[])?;
+    assert!(a.signal(Signal::SIGTERM)?.status.success());
+    assert!(sock.exists(), "A removed B's socket");
+    assert_eq!(get_unix(&sock, "/healthz", Duration::from_secs(5))?.0, 200);
+    assert!(b.signal(Signal::SIGTERM)?.status.success());
+    assert!(!sock.exists(), "B removed its own socket");
+    Ok(())
+}
+
+/// A second agent on a busy socket attached to every interface for ~1 s before refusing.
+#[test]
+fn a_second_agent_on_a_busy_socket_attaches_nothing() -> Result<()> {
+    let lab = lab("hsockbusy", |_| {})?;
+    let sock = default_sock(&lab);
+    let _first = agent(&lab, &[], &sock, &[])?;
+    let pods = lab.pods_file();
+    let args = ["agent", "--pods-file", pods.to_str().unwrap(), "--socket", sock.to_str().unwrap()];
+    let out = run_bounded(&lab.ns("node-a"), &args)?;
+    one_line_error(&out, "another podtrace agent is serving");
+    // With -v every attach is logged: there must be none.
+    let mut verbose = args.to_vec();
+    verbose.push("-v");
+    let out = run_bounded(&lab.ns("node-a"), &verbose)?;
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("another podtrace agent is serving"), "{}", out.stderr);
+    assert!(!out.stderr.contains("attached to"), "{}", out.stderr);
     Ok(())
 }
 

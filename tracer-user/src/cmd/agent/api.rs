@@ -1,13 +1,7 @@
 //! The agent's read-only HTTP API: `GET /flows`, `GET /metrics`, `GET /healthz`.
 //! Served on a unix socket (mode 0600) and, only when asked, on a TCP address.
 //! No endpoint changes anything, attaches programs or reads packet payloads.
-use std::{
-    net::SocketAddr,
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-};
-
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use axum::{
     Router,
     extract::{RawQuery, State as AxState},
@@ -117,21 +111,10 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-/// Binds the unix socket (0600, its directory 0700), replacing a stale one.
-pub async fn serve_unix(path: &Path, state: ApiState) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another podtrace agent is serving {}", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
-    }
-    let listener =
-        tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+/// Serves on the agent's unix socket (bound by `socket::bind` before anything was attached).
+pub fn serve_unix(listener: std::os::unix::net::UnixListener, state: ApiState) -> Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     let app = router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -142,24 +125,13 @@ pub async fn serve_unix(path: &Path, state: ApiState) -> Result<()> {
 }
 
 /// Serves on an explicit TCP address (never chosen by default).
-pub async fn serve_tcp(addr: SocketAddr, state: ApiState) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+pub fn serve_tcp(listener: tokio::net::TcpListener, state: ApiState) {
     let app = router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             log::error!("TCP API server: {e}");
         }
     });
-    Ok(())
-}
-
-/// Removes the socket file on shutdown.
-pub struct SocketFile(pub PathBuf);
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[cfg(test)]

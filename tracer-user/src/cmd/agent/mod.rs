@@ -10,6 +10,7 @@ pub mod api;
 pub mod client;
 pub mod metrics;
 pub mod poll_times;
+pub mod socket;
 pub mod state;
 pub mod tracker;
 
@@ -117,6 +118,16 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     load::check_flow_table(args.max_flows)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
+    // The API's socket and address are taken before anything is loaded or attached: a socket
+    // another agent serves, or a path holding anything but a stale socket, is refused with
+    // nothing touched.
+    let (unix, _socket) = socket::bind(&args.socket)?;
+    let tcp = match args.listen {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?)
+        }
+        None => None,
+    };
     let inv = Inventory::read(&args.enis)?;
     if inv.enis.is_empty() {
         anyhow::bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
@@ -155,10 +166,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
 
     let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel::<FlowsRequest>(16);
     let api_state = api::ApiState { state: state.clone(), flows: flows_tx };
-    api::serve_unix(&args.socket, api_state.clone()).await?;
-    let _socket_file = api::SocketFile(args.socket.clone());
-    if let Some(addr) = args.listen {
-        api::serve_tcp(addr, api_state).await?;
+    api::serve_unix(unix, api_state.clone())?;
+    if let Some(tcp) = tcp {
+        api::serve_tcp(tcp, api_state);
     }
     eprintln!(
         "podtrace: agent tracing {} interfaces, API on {}{}",
