@@ -3,16 +3,18 @@
 //! `ru_maxrss` wait4 reports for a finished one); the only time bound asserted is the issue's
 //! own: `/healthz` answers within 1 s.
 use std::{
+    collections::HashSet,
     io::{Read, Write},
     os::unix::{fs::PermissionsExt, net::UnixStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use aya::programs::{SchedClassifier, TcAttachType};
 use nix::sys::signal::Signal;
-use podtrace::kernel::tc;
-use tests::{Finished, Running, lab, metric, start_podtrace_via};
+use podtrace::kernel::{netlink, tc};
+use tests::{Finished, Running, bpf, lab, metric, packets::*, start_podtrace_via};
 use xtask::{
     lab::{Lab, state_dir, traffic},
     netns,
@@ -40,6 +42,17 @@ fn status_kb(pid: u32, field: &str) -> Result<u64> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no {field} for {pid}"))
+}
+
+/// The DaemonSet's memory limit, from the manifest, in bytes.
+fn daemonset_memory_limit() -> Result<u64> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let doc: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(path)?)?;
+    let limit = doc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+        .as_str()
+        .context("no memory limit in the DaemonSet")?;
+    let mib: u64 = limit.strip_suffix("Mi").context("limit in Mi")?.parse()?;
+    Ok(mib << 20)
 }
 
 /// Starts an agent on node-a with the lab's pods file and `sock`, run by `wrapper`.
@@ -78,6 +91,19 @@ fn get_unix(sock: &Path, path: &str, within: Duration) -> Result<(u16, String)> 
     s.set_read_timeout(Some(within))?;
     s.set_write_timeout(Some(within))?;
     get_on(s, path)
+}
+
+/// Response headers and body of a GET on the unix socket.
+fn get_with_headers(sock: &Path, path: &str) -> Result<(u16, String, String)> {
+    let mut s = UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let resp = String::from_utf8(resp)?;
+    let (head, body) = resp.split_once("\r\n\r\n").context("no header end")?;
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((code, head.to_string(), body.to_string()))
 }
 
 /// `/healthz` on the unix socket answers 200 within the issue's bound of 1 s.
@@ -180,6 +206,60 @@ fn run_measured(
     Ok((finished, usage.ru_maxrss as u64))
 }
 
+/// The program attached first to an interface of node-a (tcx), opened by id.
+fn program_fd(lab: &Lab, ifname: &str, dir: TcAttachType) -> Result<std::os::fd::OwnedFd> {
+    let id = in_ns(lab, "node-a", || {
+        let i = netlink::ifindex(ifname).ok_or_else(|| anyhow!("no {ifname}"))?;
+        let (_, progs) = SchedClassifier::query_tcx(i, dir).map_err(|e| anyhow!("{e}"))?;
+        progs.first().map(|p| p.id()).ok_or_else(|| anyhow!("nothing attached to {ifname}"))
+    })?;
+    bpf::prog_fd_by_id(id)
+}
+
+/// `n` one-packet UDP flows from web-2 run through the agent's program on web-2's veth.
+fn inject_flows(lab: &Lab, n: u32) -> Result<()> {
+    let veth = lab.plan.pod("web-2").unwrap().veth.clone();
+    let ingress = program_fd(lab, &veth, TcAttachType::Ingress)?;
+    let src = lab.plan.pod("web-2").unwrap().ip.octets();
+    let dst = lab.plan.host("db").unwrap().ip.octets();
+    in_ns(lab, "node-a", || {
+        let idx = netlink::ifindex(&veth).unwrap();
+        for i in 0..n {
+            let (sport, dport) = (1024 + (i % 60_000) as u16, 9000 + (i / 60_000) as u16);
+            let p = eth(
+                &[],
+                ETH_IPV4,
+                &ipv4(&V4 { src, dst, proto: 17, ..V4::default() }, &udp(sport, dport, b"x")),
+            );
+            bpf::test_run(&ingress, &p, idx)?;
+        }
+        Ok(())
+    })
+}
+
+/// Raises this test process's open-file limit towards `n` (the attacks hold thousands of
+/// sockets); returns the limit now in force (the hard limit may be lower).
+fn raise_own_fd_limit(n: u64) -> Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        ensure!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0, "getrlimit");
+        if lim.rlim_cur < n {
+            let want = libc::rlimit { rlim_cur: n, rlim_max: lim.rlim_max.max(n) };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return Ok(n);
+            }
+            lim.rlim_cur = lim.rlim_max;
+            ensure!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0, "setrlimit");
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
 /// podtrace's tc filters on node-a, by interface name.
 fn podtrace_filters(lab: &Lab) -> Result<Vec<(String, tc::BpfFilter)>> {
     in_ns(lab, "node-a", || {
@@ -197,6 +277,221 @@ fn podtrace_filters(lab: &Lab) -> Result<Vec<(String, tc::BpfFilter)>> {
 
 fn has_clsact(lab: &Lab, ifname: &str) -> Result<bool> {
     Ok(sh(lab, "node-a", &["tc", "qdisc", "show", "dev", ifname])?.contains("clsact"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// API memory
+
+/// ~47 k flows, then `GET /flows`: the agent built a 64 MB body at once (peak 331 MB, over the
+/// DaemonSet's 256Mi) and another for every client that never read it.
+#[test]
+fn flows_api_memory_stays_inside_the_daemonset_limit_with_ten_slow_clients() -> Result<()> {
+    let lab = lab("hflows", |_| {})?;
+    let sock = default_sock(&lab);
+    let running = agent(&lab, &[], &sock, &["--max-tracked-flows", "60000"])?;
+    let pid = running.pid();
+    inject_flows(&lab, 50_000)?;
+    two_more_polls(&sock)?;
+    let (_, text) = get_unix(&sock, "/metrics", Duration::from_secs(5))?;
+    assert_eq!(metric(&text, "podtrace_flows", &[("pod", "web-2")])?, 50_000.0, "{text}");
+
+    // Ten clients ask for every flow and never read a byte.
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut s = UnixStream::connect(&sock)?;
+        write!(s, "GET /flows HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        slow.push(s);
+    }
+    let limit = daemonset_memory_limit()?;
+    for i in 0..10 {
+        std::thread::sleep(Duration::from_millis(500));
+        healthz_within_1s(&sock, &format!("with 10 slow /flows clients ({i})"))?;
+        let hwm = status_kb(pid, "VmHWM:")? << 10;
+        assert!(hwm < limit, "agent peak RSS {} MiB >= the DaemonSet's {} MiB", hwm >> 20, limit >> 20);
+    }
+    // Meanwhile a client that reads gets every flow, page by page, each once.
+    let mut ids = HashSet::new();
+    let mut next: Option<String> = None;
+    let mut pages = 0;
+    let retry_until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let path = match &next {
+            Some(t) => format!("/flows?pod=web-2&limit=5000&continue={t}"),
+            None => "/flows?pod=web-2&limit=5000".to_string(),
+        };
+        let (code, head, body) = get_with_headers(&sock, &path)?;
+        if code == 503 {
+            // All /flows slots are taken by the slow clients until they time out.
+            assert!(Instant::now() < retry_until, "/flows refused for 30 s: {body}");
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        assert_eq!(code, 200, "{head}\n{body}");
+        pages += 1;
+        let lines: Vec<&str> = body.lines().collect();
+        assert!(lines.len() <= 5000);
+        for l in lines {
+            let f: tests::FlowReport = serde_json::from_str(l)?;
+            assert!(ids.insert(f.id.clone()), "flow {} served twice", f.id);
+        }
+        next = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("podtrace-continue").then(|| v.trim().to_string())
+        });
+        if next.is_none() {
+            break;
+        }
+        assert!(pages < 20, "paging does not end");
+    }
+    assert_eq!(ids.len(), 50_000);
+    assert_eq!(pages, 10);
+    let hwm = status_kb(pid, "VmHWM:")? << 10;
+    assert!(hwm < limit, "agent peak RSS {} MiB >= the DaemonSet's {} MiB", hwm >> 20, limit >> 20);
+    eprintln!("agent peak RSS with 50 000 flows and 10 slow clients: {} MiB", hwm >> 20);
+    drop(slow);
+    // An unpaged request streams them all.
+    let (code, body) = get_unix(&sock, "/flows?pod=web-2", Duration::from_secs(120))?;
+    assert_eq!(code, 200);
+    assert_eq!(body.lines().count(), 50_000);
+    Ok(())
+}
+
+/// `/flows?pod=a&pod=b`: the last value won silently.
+#[test]
+fn a_repeated_query_parameter_is_refused() -> Result<()> {
+    let lab = lab("hquery", |_| {})?;
+    let sock = default_sock(&lab);
+    let _agent = agent(&lab, &[], &sock, &[])?;
+    let (code, body) = get_unix(&sock, "/flows?pod=web-1&pod=web-2", Duration::from_secs(5))?;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("pod"), "{body}");
+    for bad in ["limit=0", "limit=x", "limit=1000000", "continue=zz", "continue=%00"] {
+        let (code, body) = get_unix(&sock, &format!("/flows?{bad}"), Duration::from_secs(5))?;
+        assert_eq!(code, 400, "{bad}: {body}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+
+/// 21 k idle TCP connections exhausted the agent's descriptors: `/healthz` and `/flows`
+/// failed on both listeners and polling failed ("Too many open files").
+#[test]
+fn idle_connections_cannot_exhaust_the_agents_descriptors() -> Result<()> {
+    let lab = lab("hidle", |_| {})?;
+    let sock = default_sock(&lab);
+    // A limit the agent cannot raise: the connection cap must keep within it.
+    let running = agent(&lab, &["prlimit", "--nofile=8192:8192"], &sock, &["--listen", "127.0.0.1:19301"])?;
+    let pid = running.pid();
+    // 21 000 as in the issue, or as many as this process may open (above the agent's 8192).
+    let n = raise_own_fd_limit(21_300)?.saturating_sub(300).min(21_000);
+    assert!(n > 10_000, "room for {n} connections only");
+    let conns = in_ns(&lab, "node-a", || {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(std::net::TcpStream::connect("127.0.0.1:19301")?);
+        }
+        Ok(v)
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 0..5 {
+        healthz_within_1s(&sock, &format!("with {n} idle TCP connections ({i})"))?;
+        let (code, _) = in_ns(&lab, "node-a", || {
+            let s = std::net::TcpStream::connect("127.0.0.1:19301")?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            get_on(s, "/healthz")
+        })?;
+        assert_eq!(code, 200, "healthz over TCP");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, _) = get_unix(&sock, "/flows", Duration::from_secs(10))?;
+    assert_eq!(code, 200);
+    two_more_polls(&sock)?;
+    let fds = fd_count(pid);
+    assert!(fds < 1024, "the agent holds {fds} descriptors");
+    let t = Instant::now();
+    let out = std::process::Command::new(tests::podtrace_bin())
+        .args(["healthz", "--socket", sock.to_str().unwrap()])
+        .output()?;
+    assert!(out.status.success(), "podtrace healthz: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(t.elapsed() < Duration::from_secs(1), "podtrace healthz took {:?}", t.elapsed());
+    drop(conns);
+    let out = running.signal(Signal::SIGTERM)?;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(!out.stderr.contains("Too many open files"), "{}", out.stderr);
+    Ok(())
+}
+
+/// 500 slowloris connections (1 byte / 3 s): none was ever closed.
+#[test]
+fn slowloris_connections_are_closed() -> Result<()> {
+    let lab = lab("hslow", |_| {})?;
+    let sock = default_sock(&lab);
+    let _agent = agent(&lab, &[], &sock, &["--listen", "127.0.0.1:19302"])?;
+    raise_own_fd_limit(4096)?;
+    let mut conns = in_ns(&lab, "node-a", || {
+        let mut v = Vec::new();
+        for _ in 0..500 {
+            let s = std::net::TcpStream::connect("127.0.0.1:19302")?;
+            s.set_nonblocking(true)?;
+            v.push(Some(s));
+        }
+        Ok(v)
+    })?;
+    let request =
+        b"GET /healthz HTTP/1.1\r\nHost: slow\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    while conns.iter().any(Option::is_some) {
+        ensure!(
+            Instant::now() < deadline,
+            "{} of 500 slowloris connections still open after 30 s",
+            conns.iter().filter(|c| c.is_some()).count()
+        );
+        for c in conns.iter_mut() {
+            let Some(s) = c else { continue };
+            let mut buf = [0u8; 64];
+            let closed = match s.read(&mut buf) {
+                Ok(0) => true,
+                Ok(_) => true, // an error answer: the server gave up on it
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    s.write(&request[sent % request.len()..][..1]).is_err()
+                }
+                Err(_) => true,
+            };
+            if closed {
+                *c = None;
+            }
+        }
+        sent += 1;
+        healthz_within_1s(&sock, "during the slowloris")?;
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    Ok(())
+}
+
+/// `--listen 0.0.0.0:PORT` served flows to the whole VPC without a word.
+#[test]
+fn listening_beyond_loopback_needs_insecure_listen() -> Result<()> {
+    let lab = lab("hlisten", |_| {})?;
+    let ns = lab.ns("node-a");
+    let sock = default_sock(&lab);
+    let pods = lab.pods_file();
+    let base = ["agent", "--pods-file", pods.to_str().unwrap(), "--socket", sock.to_str().unwrap()];
+    for addr in ["0.0.0.0:19303", "[::]:19303", "198.18.1.10:19303"] {
+        let mut args = base.to_vec();
+        args.extend(["--listen", addr]);
+        let out = run_bounded(&ns, &args)?;
+        one_line_error(&out, "--insecure-listen");
+    }
+    let out = netns::output("ip", &["netns", "exec", &ns, "ss", "-ltnH"])?;
+    assert!(!out.contains(":19303"), "nothing listens after the refusals: {out}");
+    let running = agent(&lab, &[], &sock, &["--listen", "0.0.0.0:19303", "--insecure-listen"])?;
+    let out = running.signal(Signal::SIGTERM)?;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(out.stderr.contains("unauthenticated"), "a warning: {}", out.stderr);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

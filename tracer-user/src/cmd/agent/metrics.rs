@@ -51,7 +51,8 @@ where
     f
 }
 
-pub fn render(state: &State) -> String {
+/// The exposition of `state`, with the API's own counters (`api`) among the agent events.
+pub fn render(state: &State, api: &[(&'static str, u64)]) -> String {
     let mut reg = Registry::with_prefix("podtrace");
     let flows = gauge_family::<PodLabels>(&mut reg, "flows", "Flows currently tracked per pod");
     let packets = counter_family::<PodEniLabels>(
@@ -129,7 +130,7 @@ pub fn render(state: &State) -> String {
     for (i, name) in counter::NAMES.iter().enumerate() {
         kernel.get_or_create(&NameLabel { name: name.to_string() }).inc_by(state.counters[i]);
     }
-    for (name, v) in state.agent_counters() {
+    for (name, v) in state.agent_counters().into_iter().chain(api.iter().copied()) {
         user.get_or_create(&NameLabel { name: name.to_string() }).inc_by(v);
     }
     let (used, cap) = state.table_fill;

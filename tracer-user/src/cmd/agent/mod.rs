@@ -8,6 +8,8 @@
 //! buffers are capped.
 pub mod api;
 pub mod client;
+pub mod flows;
+pub mod listener;
 pub mod metrics;
 pub mod poll_times;
 pub mod socket;
@@ -47,9 +49,14 @@ pub struct AgentArgs {
     /// Unix socket of the API (mode 0600).
     #[arg(long, default_value = "/run/podtrace/agent.sock")]
     pub socket: PathBuf,
-    /// Also serve the API on this TCP address (e.g. 127.0.0.1:9090). Off unless given.
+    /// Also serve the API on this TCP address (e.g. 127.0.0.1:9090). Off unless given. The
+    /// API has no authentication: addresses other than loopback need --insecure-listen.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Allow --listen on a non-loopback address: every flow is served, unauthenticated, to
+    /// anyone who can reach it.
+    #[arg(long, requires = "listen")]
+    pub insecure_listen: bool,
     /// Pods from a `kubectl get pods -A -o json` file (re-read when it changes) instead of the API.
     #[arg(long, value_name = "FILE")]
     pub pods_file: Option<PathBuf>,
@@ -84,10 +91,10 @@ pub struct AgentArgs {
     pub reconcile_interval: Duration,
 }
 
-/// A `GET /flows` for the agent loop, which owns the data flows are built from.
-pub struct FlowsRequest {
-    pub query: api::FlowQuery,
-    pub reply: tokio::sync::oneshot::Sender<String>,
+/// A `GET /flows` asking the agent loop, which owns the data flows are built from, for a view
+/// of them to assemble elsewhere.
+pub struct ViewRequest {
+    pub reply: tokio::sync::oneshot::Sender<flows::FlowView>,
 }
 
 /// Starts following the pods' metadata: a pods file, the API (this node's pods), or nothing.
@@ -114,20 +121,43 @@ async fn pod_source(args: &AgentArgs) -> Result<pod_source::PodCache> {
     Ok(cache)
 }
 
-pub async fn run(args: AgentArgs) -> Result<()> {
-    load::check_flow_table(args.max_flows)?;
-    preflight::check_privileges()?;
-    preflight::check_btf()?;
-    // The API's socket and address are taken before anything is loaded or attached: a socket
-    // another agent serves, or a path holding anything but a stale socket, is refused with
-    // nothing touched.
-    let (unix, _socket) = socket::bind(&args.socket)?;
+/// The API's listeners, bound before anything is attached: a busy socket or address is
+/// refused while nothing has been touched yet.
+struct Listeners {
+    unix: tokio::net::UnixListener,
+    _socket: socket::OwnSocket,
+    tcp: Option<tokio::net::TcpListener>,
+}
+
+async fn bind_listeners(args: &AgentArgs) -> Result<Listeners> {
+    let access = args.listen.map(|a| api::tcp_access(a, args.insecure_listen)).transpose()?;
+    let (unix, own) = socket::bind(&args.socket)?;
+    unix.set_nonblocking(true)?;
+    let unix = tokio::net::UnixListener::from_std(unix)?;
     let tcp = match args.listen {
         Some(addr) => {
             Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?)
         }
         None => None,
     };
+    if access == Some(api::TcpAccess::Insecure) {
+        log::warn!(
+            "--insecure-listen: every flow is served unauthenticated on {} to anyone who can reach it",
+            args.listen.map(|a| a.to_string()).unwrap_or_default()
+        );
+    }
+    Ok(Listeners { unix, _socket: own, tcp })
+}
+
+pub async fn run(args: AgentArgs) -> Result<()> {
+    // Everything that can be refused is checked, and the API's socket taken, before anything
+    // is loaded or attached.
+    load::check_flow_table(args.max_flows)?;
+    preflight::check_privileges()?;
+    preflight::check_btf()?;
+    let listeners = bind_listeners(&args).await?;
+    let fd_limit = listener::raise_fd_limit();
+    let cap = listener::connection_cap(fd_limit, 1 + listeners.tcp.is_some() as usize);
     let inv = Inventory::read(&args.enis)?;
     if inv.enis.is_empty() {
         anyhow::bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
@@ -145,7 +175,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let (tx, mut link_events) = tokio::sync::mpsc::unbounded_channel();
     link_events::watch(tx)?;
     let state: Shared = Arc::new(RwLock::new(State::default()));
-    let ctx = NodeContext::new(&inv, NatRules::read());
+    let ctx = Arc::new(NodeContext::new(&inv, NatRules::read()));
     let mut agent = Agent {
         args: args.clone(),
         session,
@@ -164,11 +194,12 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // Signals are caught from here on, before the line that tells the world we run.
     let mut events = agent.session.events(None)?;
 
-    let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel::<FlowsRequest>(16);
-    let api_state = api::ApiState { state: state.clone(), flows: flows_tx };
-    api::serve_unix(unix, api_state.clone())?;
-    if let Some(tcp) = tcp {
-        api::serve_tcp(tcp, api_state);
+    let (views_tx, mut views_rx) = tokio::sync::mpsc::channel::<ViewRequest>(16);
+    let api_state = api::ApiState::new(state.clone(), views_tx);
+    let app = api::router(api_state.clone());
+    tokio::spawn(listener::serve(listeners.unix, app.clone(), cap, api_state.counters.unix.clone()));
+    if let Some(tcp) = listeners.tcp {
+        tokio::spawn(listener::serve(tcp, app, cap, api_state.counters.tcp.clone()));
     }
     eprintln!(
         "podtrace: agent tracing {} interfaces, API on {}{}",
@@ -185,8 +216,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 Wake::Stop => break,
                 Wake::Hops | Wake::Tick => agent.session.drain_hops(),
             },
-            Some(req) = flows_rx.recv() => {
-                let _ = req.reply.send(agent.answer(&req.query));
+            Some(req) = views_rx.recv() => {
+                let _ = req.reply.send(agent.view());
             }
             Some(ev) = link_events.recv() => {
                 // Take every event already queued: a burst of new pods is attached together.

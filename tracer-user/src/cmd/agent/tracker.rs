@@ -3,6 +3,7 @@
 //! answers from the last snapshot.
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::Instant,
 };
 
@@ -10,7 +11,8 @@ use anyhow::Result;
 use tracer_common::FlowKey;
 
 use super::{
-    AgentArgs, api,
+    AgentArgs,
+    flows::FlowView,
     state::{FlowSummary, Interner, LiveTotals, PodEni, Shared},
 };
 use crate::{
@@ -21,7 +23,6 @@ use crate::{
     node::{
         inventory::Inventory, link_events::LinkEvent, links::Link, pod_source::PodCache, rules::NatRules,
     },
-    report::json::FlowReport,
 };
 
 fn is_pod_link(l: &Link) -> bool {
@@ -75,12 +76,13 @@ pub struct Agent {
     pub session: Session,
     pub cache: PodCache,
     pub state: Shared,
-    pub ctx: NodeContext,
+    /// Shared with the `/flows` answers in progress (copied on write while they hold it).
+    pub ctx: Arc<NodeContext>,
     pub inv: Inventory,
     pub pods: Vec<TracedPod>,
     pub interner: Interner,
     /// The last poll's kernel data, to build `/flows` answers from.
-    pub last: Option<Snapshot>,
+    pub last: Option<Arc<Snapshot>>,
 }
 
 impl Agent {
@@ -146,7 +148,7 @@ impl Agent {
         for i in stale {
             self.detach(i);
         }
-        self.ctx = NodeContext::new(&self.inv, NatRules::read());
+        self.ctx = Arc::new(NodeContext::new(&self.inv, NatRules::read()));
         Ok(())
     }
 
@@ -154,7 +156,7 @@ impl Agent {
         let t0 = Instant::now();
         // Routes change with pods: a cheap re-read keeps pod names and roles current.
         self.inv = Inventory::read(&self.args.enis)?;
-        self.ctx.set_interfaces(&self.inv);
+        Arc::make_mut(&mut self.ctx).set_interfaces(&self.inv);
         self.pods = node_pods(&self.inv, &self.cache);
         let t1 = Instant::now();
         // The previous snapshot goes first: two at once would double the peak memory.
@@ -237,36 +239,19 @@ impl Agent {
             st.table_fill = fill;
             st.attached = self.session.attached_names();
         }
-        self.last = Some(snap);
+        self.last = Some(Arc::new(snap));
         release_free_memory();
         Ok(())
     }
 
-    /// Builds the flows a `GET /flows` asks for from the last snapshot (NDJSON).
-    pub fn answer(&self, q: &api::FlowQuery) -> String {
-        let Some(snap) = &self.last else { return String::new() };
-        let pods: Vec<TracedPod> = self
-            .pods
-            .iter()
-            .filter(|p| {
-                q.pod.as_ref().is_none_or(|n| &p.name == n)
-                    && q.namespace.as_ref().is_none_or(|n| &p.namespace == n)
-            })
-            .cloned()
-            .collect();
-        let mut flows = Vec::new();
-        self.session.each_flow(snap, &self.ctx, &pods, |f, _| {
-            if q.since.is_none_or(|s| f.last_seen_ms >= s) {
-                flows.push(f);
-            }
-        });
-        flows.sort_by(|a, b| (&a.pod, a.first_seen_ms).cmp(&(&b.pod, b.first_seen_ms)));
-        let mut body = String::new();
-        for f in &flows {
-            body += &serde_json::to_string(&FlowReport::from(f)).expect("flow serializes");
-            body.push('\n');
+    /// What a `GET /flows` answer is built from, to take to another thread.
+    pub fn view(&self) -> FlowView {
+        FlowView {
+            snap: self.last.clone(),
+            frozen: self.session.frozen(),
+            ctx: self.ctx.clone(),
+            pods: self.pods.clone(),
         }
-        body
     }
 }
 
