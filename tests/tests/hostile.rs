@@ -901,3 +901,30 @@ fn clsact_qdiscs_podtrace_created_go_with_the_leftovers() -> Result<()> {
     assert!(has_clsact(&lab, &web2)?, "the other tool's empty clsact on {web2}");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+/// A pod deleted: `podtrace_packets_total{pod=…}` went down (31 200 → 30 096).
+#[test]
+fn a_deleted_pods_counters_never_go_down() -> Result<()> {
+    let lab = lab("hmono", |_| {})?;
+    let sock = default_sock(&lab);
+    let _agent = agent(&lab, &[], &sock, &[])?;
+    let pod = lab.add_pod("gone-1", "node-a", 0, 51)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let ip = pod.pod.ip.to_string();
+    assert_eq!(traffic::udp_stream(&pod.pod.netns, lab.addr("db", 8080), 20, 100, true)?, 20);
+    two_more_polls(&sock)?;
+    let packets = |text: &str| metric(text, "podtrace_packets_total", &[("pod", &ip)]);
+    let (_, before) = get_unix(&sock, "/metrics", Duration::from_secs(5))?;
+    assert_eq!(packets(&before)?, 40.0, "{before}");
+    pod.delete()?;
+    std::thread::sleep(Duration::from_millis(500));
+    two_more_polls(&sock)?;
+    let (_, after) = get_unix(&sock, "/metrics", Duration::from_secs(5))?;
+    assert_eq!(packets(&after)?, 40.0, "a counter never decreases: {after}");
+    let bytes = |text: &str| metric(text, "podtrace_bytes_total", &[("pod", &ip)]);
+    assert_eq!(bytes(&after)?, bytes(&before)?);
+    Ok(())
+}

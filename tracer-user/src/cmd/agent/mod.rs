@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod poll_times;
 pub mod socket;
 pub mod state;
+pub mod totals;
 pub mod tracker;
 
 use std::{
@@ -186,6 +187,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         pods: Vec::new(),
         interner: Interner::default(),
         last: None,
+        totals: Default::default(),
     };
     agent.reconcile()?;
     // A first snapshot before the API answers: /healthz is true from the first request on.

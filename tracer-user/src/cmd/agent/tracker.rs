@@ -2,7 +2,7 @@
 //! gone ones), poll the session into per-pod totals, expire and evict flows, and build `/flows`
 //! answers from the last snapshot.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
     time::Instant,
 };
@@ -13,7 +13,8 @@ use tracer_common::FlowKey;
 use super::{
     AgentArgs,
     flows::FlowView,
-    state::{FlowSummary, Interner, LiveTotals, PodEni, Shared},
+    state::{FlowSummary, Interner, Shared},
+    totals::{FlowId, Totals},
 };
 use crate::{
     assemble::{
@@ -83,6 +84,7 @@ pub struct Agent {
     pub interner: Interner,
     /// The last poll's kernel data, to build `/flows` answers from.
     pub last: Option<Arc<Snapshot>>,
+    pub totals: Totals,
 }
 
 impl Agent {
@@ -187,26 +189,37 @@ impl Agent {
         let idle_ms = self.args.idle_timeout.as_millis() as u64;
         flows.sort_unstable_by_key(|(f, _)| std::cmp::Reverse(f.last_seen_ms));
         let (mut n_expired, mut n_evicted, mut kept) = (0, 0, 0);
-        let mut live = LiveTotals::default();
         // Every pod of the node has a flow count, zero included (absent would mean unknown).
-        for p in &self.pods {
-            live.flows.insert((self.interner.get(&p.name), self.interner.get(&p.namespace)), 0);
-        }
-        let mut gone_totals: Vec<(PodEni, u64, u64)> = Vec::new();
+        let present: Vec<_> =
+            self.pods.iter().map(|p| (self.interner.get(&p.name), self.interner.get(&p.namespace))).collect();
+        let mut live_flows: BTreeMap<_, u64> = present.iter().map(|p| (p.clone(), 0)).collect();
+        let wall = Instant::now();
+        self.totals.begin();
+        let mut ids: Vec<(FlowId, u32)> = Vec::with_capacity(flows.len());
         for (f, connection) in flows {
+            // Every flow's gain is counted, whatever becomes of it below.
+            self.totals.observe(&f, wall);
+            ids.push((f.id, connection));
             if now_ms.saturating_sub(f.last_seen_ms) > idle_ms {
                 n_expired += 1;
             } else if kept >= self.args.max_tracked_flows {
                 n_evicted += 1;
             } else {
                 kept += 1;
-                live.add(&f);
+                *live_flows.entry(f.pod.clone()).or_default() += 1;
                 fate[connection as usize] |= KEPT;
                 continue;
             }
             fate[connection as usize] |= DOOMED;
-            gone_totals.push(((f.pod.0, f.pod.1, f.eni), f.packets, f.bytes));
         }
+        // A doomed connection's entries go, for all its flows: those start again from zero.
+        for (id, connection) in ids {
+            if fate[connection as usize] & DOOMED != 0 {
+                self.totals.forget(&id);
+            }
+        }
+        self.totals.end(present.into_iter(), wall);
+        self.interner.prune();
         let idle_ns = self.args.idle_timeout.as_nanos() as u64;
         let now = mono_ns();
         let delete: Vec<FlowKey> = snap
@@ -223,17 +236,14 @@ impl Agent {
         self.session.delete_flows(&delete)?;
         let fill = (snap.entries.len() - delete.len(), self.session.flow_table_capacity());
         {
+            let exported = self.totals.exported.clone();
             let mut st = self.state.write().expect("state");
-            for (key, packets, bytes) in gone_totals {
-                let e = st.expired_totals.entry(key).or_default();
-                e.0 += packets;
-                e.1 += bytes;
-            }
             st.polls += 1;
             st.pods_file_errors = self.cache.errors();
             st.flows_expired += n_expired;
             st.flows_evicted += n_evicted;
-            st.live = live;
+            st.live_flows = live_flows;
+            st.exported = exported;
             st.counters = snap.counters;
             st.user = self.session.user;
             st.table_fill = fill;
