@@ -928,3 +928,125 @@ fn a_deleted_pods_counters_never_go_down() -> Result<()> {
     assert_eq!(bytes(&after)?, bytes(&before)?);
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------------
+// The --agent client
+
+/// The client failed with one error line (after the line saying what it traces).
+fn client_error(out: &Finished, want: &str) {
+    assert!(!out.status.success(), "must fail: {want}: {}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.starts_with("podtrace: tracing ")).collect();
+    assert_eq!(lines.len(), 1, "one error line for {want:?}, got: {:?}", out.stderr);
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(want), "{want:?} not in {:?}", lines[0]);
+}
+
+/// A fake agent on a unix socket: `/healthz` is fine, `/flows` gets `answer`.
+fn fake_agent(dir: &Path, answer: impl Fn(&mut UnixStream) + Send + Sync + 'static) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("fake.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)?;
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if req.starts_with(b"GET /healthz") {
+                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nok\n");
+                } else {
+                    answer(&mut s);
+                }
+            });
+        }
+    });
+    Ok(path)
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(tests::unique_prefix(tag))
+}
+
+/// `--agent` to a socket that streams forever: client RSS 2.3 GB in 8 s, `--duration` ignored.
+#[test]
+fn the_agent_client_caps_what_it_reads_and_keeps_its_duration() -> Result<()> {
+    let dir = scratch_dir("hclientinf");
+    let sock = fake_agent(&dir, |s| {
+        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-ndjson\r\n\r\n");
+        let chunk = vec![b'{'; 1 << 16];
+        while s.write_all(&chunk).is_ok() {}
+    })?;
+    let mut cmd = std::process::Command::new(tests::podtrace_bin());
+    cmd.args(["--pod", "web-1", "--agent", sock.to_str().unwrap(), "--duration", "2s", "-o", "json"]);
+    let (out, rss_kb) = run_measured(&mut cmd, Duration::from_secs(30), 512 << 10)?;
+    client_error(&out, "the answer from the agent exceeds 32 MiB");
+    assert!(rss_kb < 200 << 10, "client peak RSS {rss_kb} kB");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `--agent` to a socket sending garbage: the raw bytes reached the terminal.
+#[test]
+fn the_agent_client_never_prints_control_bytes() -> Result<()> {
+    let dir = scratch_dir("hclientesc");
+    // An error answer full of terminal escapes.
+    let sock = fake_agent(&dir, |s| {
+        let _ =
+            s.write_all(b"HTTP/1.0 500 \x1b]0;owned\x07\r\n\r\n\x1b[2J\x1b[31mEVIL\x00\x08\x7f\xc2\x9b6n\n");
+    })?;
+    let out = std::process::Command::new(tests::podtrace_bin())
+        .args(["--pod", "web-1", "--agent", sock.to_str().unwrap(), "--duration", "1s"])
+        .output()?;
+    let finished = Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    };
+    client_error(&finished, "agent answered HTTP/1.0 500");
+    let clean = |bytes: &[u8], what: &str| {
+        let text = String::from_utf8_lossy(bytes);
+        let bad: Vec<char> = text.chars().filter(|c| c.is_control() && *c != '\n').collect();
+        assert!(bad.is_empty(), "{what} has control characters {bad:?}: {text:?}");
+    };
+    clean(&out.stderr, "an error answer");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("EVIL"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A well-formed flow whose names carry escapes, printed as a table and as JSON.
+    let flow = serde_json::json!({
+        "pod": "web-1\u{1b}[2J", "namespace": "default\u{7}", "pod_ip": "198.18.1.11", "proto": "udp",
+        "direction": "egress", "src": "198.18.1.11:1000", "dst": "198.18.3.10:8080",
+        "path": [{"ifname": "eni\u{1b}]0;x\u{7}", "role": "pod-veth", "hook": "ingress",
+                  "src": "198.18.1.11:1000", "dst": "198.18.3.10:8080", "packets": 1, "bytes": 40}],
+        "reply_path": [], "eni": "eth0\u{9b}", "pod_ip_owner_eni": null, "snat": null, "dnat": null,
+        "ingress_mode": null, "hop_latency_us": [], "packets": 1, "bytes": 40, "nat_steps": 0,
+        "client_ip_preserved": null, "node_crossing": false, "unanswered_after": null,
+        "no_reply": false, "drops": [], "retransmits": 0, "first_seen_ms": 1, "last_seen_ms": 1,
+        "id": "udp:198.18.1.11:1000>198.18.3.10:8080"
+    });
+    let _: tests::FlowReport = serde_json::from_value(flow.clone())?;
+    let line = format!("{flow}\n");
+    let sock = fake_agent(&dir.join("2"), move |s| {
+        let _ = s.write_all(format!("HTTP/1.0 200 OK\r\n\r\n{line}").as_bytes());
+    })?;
+    for format in ["table", "json"] {
+        let out = std::process::Command::new(tests::podtrace_bin())
+            .args(["--pod", "web-1", "--agent", sock.to_str().unwrap(), "--duration", "1s", "-o", format])
+            .output()?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        clean(&out.stdout, format);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("web-1"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
