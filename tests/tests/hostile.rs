@@ -775,6 +775,43 @@ fn a_second_agent_on_a_busy_socket_attaches_nothing() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Durations and sizes
 
+/// Every duration flag with an absurd value, and a deadline that overflows `Instant`, is
+/// one line and exit 2 before anything is attached (these panicked).
+#[test]
+fn absurd_durations_are_one_line_errors() -> Result<()> {
+    let lab = lab("hdur", |_| {})?;
+    let ns = lab.ns("node-a");
+    let big = "99999999999999999999s";
+    let cases: Vec<Vec<&str>> = vec![
+        vec!["--pod", "web-2", "--duration", big],
+        vec!["--pod-ip", "198.18.2.11", "--duration", "10000000000000000000s"],
+        vec!["--pod", "web-2", "-o", "json", "--interval", big],
+        vec!["compare", "--pod", "web-2", "--duration", big],
+        vec!["node", "--watch", big],
+        vec!["agent", "--idle-timeout", big],
+        vec!["agent", "--poll-interval", big],
+        vec!["agent", "--reconcile-interval", big],
+        vec!["healthz", "--timeout", big],
+    ];
+    for args in &cases {
+        let out = run_bounded(&ns, args)?;
+        one_line_error(&out, "at most one year");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    Ok(())
+}
+
+/// The agent accepted `--sample-rate 18446744073709551615`, 0 and 3 (trace refused them).
+#[test]
+fn the_agent_validates_the_sample_rate_like_trace() -> Result<()> {
+    let lab = lab("hrate", |_| {})?;
+    for bad in ["18446744073709551615", "0", "3"] {
+        let out = run_bounded(&lab.ns("node-a"), &["agent", "--sample-rate", bad])?;
+        one_line_error(&out, "invalid sample rate");
+    }
+    Ok(())
+}
+
 /// `--max-flows 4294967295`: "Argument list too long (needs root…)"; `--max-flows 10000000`:
 /// accepted, 2.1 GB of locked memory on 2 CPUs.
 #[test]
