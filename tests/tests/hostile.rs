@@ -348,6 +348,8 @@ fn flows_api_memory_stays_inside_the_daemonset_limit_with_ten_slow_clients() -> 
     let hwm = status_kb(pid, "VmHWM:")? << 10;
     assert!(hwm < limit, "agent peak RSS {} MiB >= the DaemonSet's {} MiB", hwm >> 20, limit >> 20);
     eprintln!("agent peak RSS with 50 000 flows and 10 slow clients: {} MiB", hwm >> 20);
+    let budget = podtrace::cmd::agent::user_space_budget(60_000);
+    assert!(hwm <= budget, "{} MiB over the documented budget of {} MiB", hwm >> 20, budget >> 20);
     drop(slow);
     // An unpaged request streams them all.
     let (code, body) = get_unix(&sock, "/flows?pod=web-2", Duration::from_secs(120))?;
