@@ -58,10 +58,12 @@ pub struct AgentArgs {
     /// anyone who can reach it.
     #[arg(long, requires = "listen")]
     pub insecure_listen: bool,
-    /// Pods from a `kubectl get pods -A -o json` file (re-read when it changes) instead of the API.
+    /// Pods from a `kubectl get pods -A -o json` file (a regular file of at most 1 GiB, re-read
+    /// when it changes) instead of the API.
     #[arg(long, value_name = "FILE")]
     pub pods_file: Option<PathBuf>,
-    /// This node's name, to watch its pods (the DaemonSet passes it from the downward API).
+    /// This node's name, to watch its pods (the DaemonSet passes it from the downward API);
+    /// with --pods-file, only this node's pods are kept from the file.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
     /// Flows without a packet for this long expire.
