@@ -386,6 +386,15 @@ fn idle_connections_cannot_exhaust_the_agents_descriptors() -> Result<()> {
     // A limit the agent cannot raise: the connection cap must keep within it.
     let running = agent(&lab, &["prlimit", "--nofile=8192:8192"], &sock, &["--listen", "127.0.0.1:19301"])?;
     let pid = running.pid();
+    // The issue's "done when": idle connections and ten stalled /flows clients at once.
+    inject_flows(&lab, 50_000)?;
+    two_more_polls(&sock)?;
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut s = UnixStream::connect(&sock)?;
+        write!(s, "GET /flows HTTP/1.1\r\nHost: test\r\n\r\n")?;
+        slow.push(s);
+    }
     // 21 000 as in the issue, or as many as this process may open (above the agent's 8192).
     let n = raise_own_fd_limit(21_300)?.saturating_sub(300).min(21_000);
     assert!(n > 10_000, "room for {n} connections only");
@@ -407,11 +416,24 @@ fn idle_connections_cannot_exhaust_the_agents_descriptors() -> Result<()> {
         assert_eq!(code, 200, "healthz over TCP");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (code, _) = get_unix(&sock, "/flows", Duration::from_secs(10))?;
-    assert_eq!(code, 200);
+    // /flows answers, once the stalled clients' answers are abandoned (503 until then).
+    let retry_until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = get_unix(&sock, "/flows?limit=10", Duration::from_secs(10))?;
+        if code == 503 && Instant::now() < retry_until {
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body.lines().count(), 10);
+        break;
+    }
     two_more_polls(&sock)?;
     let fds = fd_count(pid);
     assert!(fds < 1024, "the agent holds {fds} descriptors");
+    let (hwm, limit) = (status_kb(pid, "VmHWM:")? << 10, daemonset_memory_limit()?);
+    assert!(hwm < limit, "agent peak RSS {} MiB >= the DaemonSet's {} MiB", hwm >> 20, limit >> 20);
+    drop(slow);
     let t = Instant::now();
     let out = std::process::Command::new(tests::podtrace_bin())
         .args(["healthz", "--socket", sock.to_str().unwrap()])
