@@ -1032,15 +1032,25 @@ fn fake_agent(dir: &Path, answer: impl Fn(&mut UnixStream) + Send + Sync + 'stat
     Ok(path)
 }
 
-fn scratch_dir(tag: &str) -> PathBuf {
-    std::env::temp_dir().join(tests::unique_prefix(tag))
+/// A directory for one test's sockets, removed when the test ends (also on panic).
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch_dir(tag: &str) -> Scratch {
+    Scratch(std::env::temp_dir().join(tests::unique_prefix(tag)))
 }
 
 /// `--agent` to a socket that streams forever: client RSS 2.3 GB in 8 s, `--duration` ignored.
 #[test]
 fn the_agent_client_caps_what_it_reads_and_keeps_its_duration() -> Result<()> {
-    let dir = scratch_dir("hclientinf");
-    let sock = fake_agent(&dir, |s| {
+    let scratch = scratch_dir("hclientinf");
+    let dir = &scratch.0;
+    let sock = fake_agent(dir, |s| {
         let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/x-ndjson\r\n\r\n");
         let chunk = vec![b'{'; 1 << 16];
         while s.write_all(&chunk).is_ok() {}
@@ -1050,16 +1060,16 @@ fn the_agent_client_caps_what_it_reads_and_keeps_its_duration() -> Result<()> {
     let (out, rss_kb) = run_measured(&mut cmd, Duration::from_secs(30), 512 << 10)?;
     client_error(&out, "the answer from the agent exceeds 32 MiB");
     assert!(rss_kb < 200 << 10, "client peak RSS {rss_kb} kB");
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
 /// `--agent` to a socket sending garbage: the raw bytes reached the terminal.
 #[test]
 fn the_agent_client_never_prints_control_bytes() -> Result<()> {
-    let dir = scratch_dir("hclientesc");
+    let scratch = scratch_dir("hclientesc");
+    let dir = &scratch.0;
     // An error answer full of terminal escapes.
-    let sock = fake_agent(&dir, |s| {
+    let sock = fake_agent(dir, |s| {
         let _ =
             s.write_all(b"HTTP/1.0 500 \x1b]0;owned\x07\r\n\r\n\x1b[2J\x1b[31mEVIL\x00\x08\x7f\xc2\x9b6n\n");
     })?;
@@ -1108,6 +1118,5 @@ fn the_agent_client_never_prints_control_bytes() -> Result<()> {
         clean(&out.stdout, format);
         assert!(String::from_utf8_lossy(&out.stdout).contains("web-1"));
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
