@@ -133,14 +133,25 @@ impl Finished {
 
 /// Starts `podtrace ARGS` in `ns` (via `ip netns exec`) and waits until it says it is tracing.
 pub fn start_podtrace(ns: &str, args: &[&str]) -> Result<Running> {
-    start_podtrace_with(ns, args, &[])
+    spawn_podtrace(ns, &[], args, &[])
 }
 
 /// `start_podtrace` with environment variables (KUBECONFIG, OTEL_EXPORTER_OTLP_*).
 pub fn start_podtrace_with(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Running> {
+    spawn_podtrace(ns, &[], args, env)
+}
+
+/// As [`start_podtrace`], with podtrace run by `wrapper` (e.g. `["prlimit", "--nofile=64"]`,
+/// `["unshare", "--pid", "--fork", "--mount-proc"]`) inside the namespace.
+pub fn start_podtrace_via(ns: &str, wrapper: &[&str], args: &[&str]) -> Result<Running> {
+    spawn_podtrace(ns, wrapper, args, &[])
+}
+
+fn spawn_podtrace(ns: &str, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Result<Running> {
     use std::io::BufRead;
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", ns])
+        .args(wrapper)
         .arg(podtrace_bin())
         .args(args)
         .envs(env.iter().copied())

@@ -1,6 +1,7 @@
 //! Every manifest in deploy/ (and the Helm chart, rendered) deserializes into the Kubernetes
 //! API types without losing a field (a typo'd or misplaced field fails), and the permissions
-//! are the minimum podtrace needs.
+//! are the minimum podtrace needs; the agent runs on the lab with exactly the manifest's
+//! capabilities.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -9,7 +10,9 @@ use k8s_openapi::api::{
     core::v1::{Namespace, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role},
 };
+use podtrace::assemble::model::NatKind;
 use serde_json::Value;
+use xtask::lab::traffic;
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -62,12 +65,12 @@ fn check(doc: &Value, what: &str) -> Result<String> {
             let r = typed::<ClusterRole>(doc, what)?;
             let rules = r.rules.unwrap_or_default();
             match r.metadata.name.as_deref() {
-                // The agent: its node's pods, and reviewing the requests of its authenticated
-                // listener (what system:auth-delegator grants). Nothing else.
+                // The agent: its node's pods (the watcher lists, then watches; nothing gets
+                // single pods), and reviewing the requests of its authenticated listener (what
+                // system:auth-delegator grants). Nothing else.
                 Some("podtrace") => assert_eq!(
                     grants(&rules),
                     [
-                        ("", "pods", "get"),
                         ("", "pods", "list"),
                         ("", "pods", "watch"),
                         ("authentication.k8s.io", "tokenreviews", "create"),
@@ -120,19 +123,65 @@ fn check(doc: &Value, what: &str) -> Result<String> {
             let sc = c.security_context.clone().unwrap();
             assert_ne!(sc.privileged, Some(true), "{what}: must not be privileged");
             assert_eq!(sc.read_only_root_filesystem, Some(true), "{what}: read-only root fs");
+            assert_eq!(sc.allow_privilege_escalation, Some(false), "{what}: no privilege escalation");
             let caps = sc.capabilities.unwrap();
             assert_eq!(caps.drop.unwrap_or_default(), vec!["ALL".to_string()]);
-            for cap in caps.add.unwrap_or_default() {
-                assert!(
-                    ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYSLOG"].contains(&cap.as_str()),
-                    "{what}: capability {cap}"
-                );
-            }
+            assert_eq!(
+                caps.add.unwrap_or_default(),
+                ["BPF", "PERFMON", "NET_ADMIN", "SYSLOG"],
+                "{what}: capabilities"
+            );
+            let seccomp = sc
+                .seccomp_profile
+                .or(spec.security_context.as_ref().and_then(|p| p.seccomp_profile.clone()))
+                .map(|p| p.type_);
+            assert_eq!(seccomp.as_deref(), Some("RuntimeDefault"), "{what}: seccomp");
+            // Nothing is pinned: the bpf filesystem (other tools' pinned maps) is not mounted.
             let mounts: Vec<String> =
                 c.volume_mounts.clone().unwrap_or_default().into_iter().map(|m| m.mount_path).collect();
-            assert!(
-                mounts.contains(&"/sys/fs/bpf".to_string()) && mounts.contains(&"/run/podtrace".to_string())
+            assert_eq!(mounts, ["/run/podtrace"], "{what}: mounts");
+            let host_paths: Vec<String> = spec
+                .volumes
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|v| v.host_path.map(|h| h.path))
+                .collect();
+            assert_eq!(host_paths, ["/run/podtrace"], "{what}: host paths");
+            assert_ne!(spec.host_pid, Some(true), "{what}: no hostPID (liveness tokens instead)");
+            // Every probe runs `podtrace healthz` with a timeout shorter than the probe's.
+            for (name, probe) in [
+                ("startup", c.startup_probe.clone()),
+                ("readiness", c.readiness_probe.clone()),
+                ("liveness", c.liveness_probe.clone()),
+            ] {
+                let p = probe.unwrap_or_else(|| panic!("{what}: no {name} probe"));
+                let cmd = p.exec.and_then(|e| e.command).unwrap_or_default();
+                assert_eq!(cmd[..2], ["podtrace", "healthz"], "{what}: {name} probe");
+                let i = cmd.iter().position(|a| a == "--timeout").expect("healthz --timeout");
+                let timeout: u64 = cmd[i + 1].trim_end_matches('s').parse().unwrap();
+                let probe_timeout = p.timeout_seconds.unwrap_or(1) as u64;
+                assert!(
+                    timeout < probe_timeout,
+                    "{what}: {name}: healthz --timeout {timeout}s, probe {probe_timeout}s"
+                );
+            }
+            // The memory limit covers what the arguments make the agent take on a 16-CPU node.
+            let arg = |flag: &str| -> u32 {
+                let args = c.args.clone().unwrap_or_default();
+                let i = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{what}: no {flag}"));
+                args[i + 1].parse().unwrap()
+            };
+            let limit = &c.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0;
+            let limit: u64 = limit.strip_suffix("Mi").expect("a limit in Mi").parse::<u64>().unwrap() << 20;
+            assert!(!c.args.clone().unwrap_or_default().iter().any(|a| a == "--flow-cache-bytes"));
+            let needed = podtrace::cmd::agent::memory_budget(
+                arg("--max-tracked-flows"),
+                arg("--max-flows"),
+                podtrace::kernel::load::DEFAULT_FLOW_CACHE_BYTES,
+                16,
             );
+            assert!(limit >= needed, "{what}: limit {} MiB < {} MiB needed", limit >> 20, needed >> 20);
             let env = c.env.clone().unwrap_or_default();
             let node = env.iter().find(|e| e.name == "NODE_NAME").expect("NODE_NAME env");
             let field =
@@ -288,5 +337,93 @@ fn krew_manifest_installs_the_plugin_binary_of_this_version() -> Result<()> {
     }
     arches.sort();
     assert_eq!(arches, ["amd64", "arm64"]);
+    Ok(())
+}
+
+/// The capabilities the DaemonSet adds, from the manifest.
+fn manifest_capabilities() -> Result<Vec<String>> {
+    let doc = yaml(&std::fs::read_to_string(deploy_dir().join("daemonset.yaml"))?, "daemonset.yaml")?;
+    let ds = typed::<DaemonSet>(&doc, "daemonset.yaml")?;
+    let c = &ds.spec.template.spec.unwrap().containers[0];
+    Ok(c.security_context.clone().unwrap().capabilities.unwrap().add.unwrap_or_default())
+}
+
+/// The agent on the lab as the DaemonSet runs it: UID 0 with exactly the manifest's
+/// capabilities (bounding, permitted and effective sets), no new privileges. It attaches,
+/// serves flows, and names the NAT of what it traces from the rules it reads with them.
+#[test]
+fn the_agent_works_with_exactly_the_manifests_capabilities() -> Result<()> {
+    use std::time::{Duration, Instant};
+    let caps = manifest_capabilities()?;
+    let set = caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect::<Vec<_>>().join(",");
+    let lab = tests::lab("capset", |_| {})?;
+    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
+    let pods = lab.pods_file();
+    let bounding = format!("--bounding-set=-all,{set}");
+    let agent = tests::start_podtrace_via(
+        &lab.ns("node-a"),
+        &["setpriv", "--reuid=0", "--inh-caps=-all", &bounding, "--no-new-privs"],
+        &[
+            "agent",
+            "--pods-file",
+            pods.to_str().unwrap(),
+            "--socket",
+            sock.to_str().unwrap(),
+            "--poll-interval",
+            "200ms",
+        ],
+    )?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))?;
+    let mask = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap()
+    };
+    let want: u64 = caps
+        .iter()
+        .map(|c| match c.as_str() {
+            "NET_ADMIN" => 1u64 << 12,
+            "SYSLOG" => 1 << 34,
+            "PERFMON" => 1 << 38,
+            "BPF" => 1 << 39,
+            other => panic!("capability {other} not known to this test"),
+        })
+        .sum();
+    assert_eq!(mask("CapBnd:"), want, "the bounding set is the manifest's");
+    assert_eq!(mask("CapEff:") & !want, 0, "nothing beyond it is effective");
+    let (code, text) = tests::agent_get(&sock, "GET", "/metrics")?;
+    assert_eq!(code, 200);
+    assert!(tests::metric(&text, "podtrace_attached_interfaces", &[])? >= 4.0, "{text}");
+
+    // web-2 to the internet (SNAT by eth0) and to the api ClusterIP (DNAT): both named with
+    // the chain of the rule, which the agent read with these capabilities alone.
+    let inet = lab.addr("inet", 80);
+    let svc = lab.addr("api", 80);
+    traffic::tcp_request(&lab.ns("web-2"), inet, 10)?;
+    traffic::tcp_request(&lab.ns("web-2"), svc, 10)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let flows = loop {
+        let (code, body) = tests::agent_get(&sock, "GET", "/flows?pod=web-2")?;
+        assert_eq!(code, 200, "{body}");
+        let flows: Vec<tests::FlowReport> =
+            body.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+        if [inet, svc].iter().all(|to| flows.iter().any(|f| f.dst == *to)) {
+            break flows;
+        }
+        assert!(Instant::now() < deadline, "flows not served: {flows:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let to_inet = flows.iter().find(|f| f.dst == inet).unwrap();
+    let snat = to_inet.snat.as_ref().unwrap_or_else(|| panic!("no SNAT: {to_inet:#?}"));
+    assert_eq!(snat.kind, NatKind::PodEgressSnat);
+    assert!(snat.chain.as_deref().is_some_and(|c| c.starts_with("AWS-SNAT-CHAIN")), "{to_inet:#?}");
+    let to_svc = flows.iter().find(|f| f.dst == svc).unwrap();
+    let dnat = to_svc.dnat.as_ref().unwrap_or_else(|| panic!("no DNAT: {to_svc:#?}"));
+    assert_eq!(dnat.kind, NatKind::ServiceDnat);
+    assert!(dnat.chain.as_deref().is_some_and(|c| c.starts_with("KUBE-SEP-")), "{to_svc:#?}");
+    let out = agent.signal(nix::sys::signal::Signal::SIGTERM)?;
+    assert!(out.status.success(), "{}", out.stderr);
     Ok(())
 }

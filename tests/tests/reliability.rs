@@ -263,7 +263,7 @@ fn bad_input_is_one_line_with_a_nonzero_exit_and_nothing_attached() -> Result<()
         ),
         (
             vec!["--pod", "x", "--pods-file", broken.to_str().unwrap()],
-            "line 1 column 60: field `items[0].status.podIP`",
+            "line 1 column 61: field `items[0].status.podIP`",
         ),
         (
             vec!["--pod", "new-1", "--pods-file", pending.to_str().unwrap()],

@@ -31,10 +31,13 @@ enum Cmd {
     Compare(cmd::compare::CompareArgs),
     /// The node agent (DaemonSet): traces every pod and ENI, serves flows and metrics.
     Agent(cmd::agent::AgentArgs),
-    /// Exit 0 if the agent at SOCKET answers /healthz (for liveness probes).
+    /// Exit 0 if the agent at SOCKET answers /healthz within TIMEOUT (for probes).
     Healthz {
         #[arg(long, default_value = "/run/podtrace/agent.sock")]
         socket: std::path::PathBuf,
+        /// Give up after this long (keep it below the probe's timeoutSeconds).
+        #[arg(long, default_value = "2s", value_parser = cmd::options::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -92,8 +95,8 @@ fn main() -> ExitCode {
             Some(Cmd::Node(args)) => cmd::node::run(args).await,
             Some(Cmd::Agent(args)) => cmd::agent::run(args).await,
             Some(Cmd::Compare(args)) => cmd::compare::run(args).await,
-            Some(Cmd::Healthz { socket }) => {
-                cmd::agent::client::get(&socket, "/healthz").map(|body| print!("{body}"))
+            Some(Cmd::Healthz { socket, timeout }) => {
+                cmd::agent::client::get(&socket, "/healthz", timeout).map(|body| print!("{body}"))
             }
             None => trace::run(cli.trace).await,
         }

@@ -39,7 +39,7 @@ pub struct HopSamples {
 }
 
 /// All hop pairs seen, bounded.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct HopTable {
     pairs: HashMap<HopPair, HopSamples>,
     max_pairs: usize,

@@ -80,7 +80,9 @@ pub struct Snapshot {
 pub struct Session {
     tracer: Tracer,
     ring: RingBuf<MapData>,
-    hops: HopTable,
+    /// Shared with the views `/flows` answers stream from; copied on write only while one
+    /// of them holds it.
+    hops: Arc<HopTable>,
     conntrack: HashMap<Tuple, (CtEntry, Instant)>,
     ct_rx: mpsc::Receiver<Vec<CtEntry>>,
     ct_stop: Arc<AtomicBool>,
@@ -90,7 +92,7 @@ pub struct Session {
     interesting: Option<HashSet<[u8; 16]>>,
     pub user: UserCounters,
     /// Names for drop reasons and locations (read while still privileged).
-    names: DropNames,
+    names: Arc<DropNames>,
     pub clock: Clock,
 }
 
@@ -153,7 +155,7 @@ impl Session {
         Ok(Session {
             tracer,
             ring,
-            hops: HopTable::new(MAX_HOP_PAIRS),
+            hops: Arc::new(HopTable::new(MAX_HOP_PAIRS)),
             conntrack: HashMap::new(),
             ct_rx,
             ct_stop,
@@ -161,7 +163,7 @@ impl Session {
             last_ct_dump: None,
             interesting,
             user: UserCounters::default(),
-            names,
+            names: Arc::new(names),
             clock: Clock::now(),
         })
     }
@@ -237,7 +239,7 @@ impl Session {
                 // SAFETY: the kernel wrote a HopEvent (repr(C), plain data) at this address;
                 // read_unaligned copes with the ring buffer's 8-byte alignment.
                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopEvent>()) };
-                self.hops.add(&ev);
+                Arc::make_mut(&mut self.hops).add(&ev);
             }
         }
         self.user.hop_events_evicted = self.hops.evicted;
@@ -326,6 +328,12 @@ impl Session {
         flows::assemble_each(&self.observations(snap), ctx, &self.names, pods, self.clock, sink)
     }
 
+    /// What assembling needs besides a snapshot, detached from the session: it can build
+    /// flows on another thread while the session goes on polling.
+    pub fn frozen(&self) -> Frozen {
+        Frozen { hops: self.hops.clone(), names: self.names.clone(), clock: self.clock }
+    }
+
     /// Forgets flows: deletes their kernel entries and the hop pairs that only concern them.
     pub fn delete_flows(&mut self, keys: &[FlowKey]) -> Result<()> {
         if keys.is_empty() {
@@ -333,13 +341,42 @@ impl Session {
         }
         maps::delete_flows(&self.tracer.ebpf, keys).context("deleting expired flows")?;
         let deleted: HashSet<Tuple> = keys.iter().map(|k| k.tuple).collect();
-        self.hops.retain(|h: &HopPair| !deleted.contains(&h.from.tuple) && !deleted.contains(&h.to.tuple));
+        Arc::make_mut(&mut self.hops)
+            .retain(|h: &HopPair| !deleted.contains(&h.from.tuple) && !deleted.contains(&h.to.tuple));
         Ok(())
     }
 
     /// Capacity of the kernel flow table.
     pub fn flow_table_capacity(&self) -> u32 {
         maps::flow_table_capacity(&self.tracer.ebpf)
+    }
+}
+
+/// The hop pairs, drop names and clock of a session at one moment (see [`Session::frozen`]).
+#[derive(Clone)]
+pub struct Frozen {
+    hops: Arc<HopTable>,
+    names: Arc<DropNames>,
+    clock: Clock,
+}
+
+impl Frozen {
+    /// As [`Session::each_flow`].
+    pub fn each_flow(
+        &self,
+        snap: &Snapshot,
+        ctx: &NodeContext,
+        pods: &[TracedPod],
+        sink: impl FnMut(Flow, u32),
+    ) -> Vec<u32> {
+        let obs = Observations {
+            entries: &snap.entries,
+            hops: &self.hops,
+            conntrack: &snap.conntrack,
+            drops: &snap.drops,
+            retransmits: &snap.retransmits,
+        };
+        flows::assemble_each(&obs, ctx, &self.names, pods, self.clock, sink)
     }
 }
 

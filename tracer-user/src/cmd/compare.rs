@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     assemble::session::{Session, Wake},
-    kernel::preflight,
+    kernel::{load, preflight},
     node::inventory::Inventory,
     report::{
         compare::{aggregate, table},
@@ -45,6 +45,7 @@ pub async fn run(args: CompareArgs) -> Result<()> {
     if t.pods.is_empty() && t.selector.is_none() && t.pod_ips.is_empty() {
         bail!("compare needs pods: --pod NAME (repeatable) or -l app=web");
     }
+    load::check_flow_table(t.max_flows)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let pods = select_pods(t).await?;

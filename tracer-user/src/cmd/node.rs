@@ -64,12 +64,16 @@ fn capacity(args: &NodeArgs, instance_type: Option<&str>, found_enis: u32) -> Re
     Ok(args.max_ips_per_eni.map(|ips| Capacity { enis: found_enis, ips_per_eni: ips, vcpus: None }))
 }
 
-/// The report of this node now, pods named from `pods`.
-pub fn gather(args: &NodeArgs, pods: &[pods::PodInfo]) -> Result<NodeReport> {
+/// The report of this node now, pods named from what `pods` gives for its inventory.
+pub fn gather(
+    args: &NodeArgs,
+    pods: impl FnOnce(&Inventory) -> Result<Vec<pods::PodInfo>>,
+) -> Result<NodeReport> {
     let inv = Inventory::read(&args.enis)?;
     if inv.enis.is_empty() {
         bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
     }
+    let pods = pods(&inv)?;
     let imds = imds::read().map_err(|e| format!("{e:#}"));
     let instance_type =
         args.instance_type.clone().or_else(|| imds.as_ref().ok().and_then(|i| i.instance_type.clone()));
@@ -77,7 +81,7 @@ pub fn gather(args: &NodeArgs, pods: &[pods::PodInfo]) -> Result<NodeReport> {
     let rules = Ruleset::read();
     Ok(report(&NodeFacts {
         inv: &inv,
-        pods,
+        pods: &pods,
         rules: &rules,
         imds: imds.as_ref().map_err(Clone::clone),
         instance_type,
@@ -87,16 +91,24 @@ pub fn gather(args: &NodeArgs, pods: &[pods::PodInfo]) -> Result<NodeReport> {
 
 pub async fn run(args: NodeArgs) -> Result<()> {
     loop {
-        let pods = match &args.pods_file {
-            Some(f) => pods::load_file(f)?,
-            // Names are a bonus: without a reachable API, pod IPs are shown alone.
+        // Names are a bonus: without a reachable API, pod IPs are shown alone.
+        let from_api = match &args.pods_file {
+            Some(_) => Vec::new(),
             None => tokio::time::timeout(Duration::from_secs(5), pods::from_api(None, None))
                 .await
                 .ok()
                 .and_then(Result::ok)
                 .unwrap_or_default(),
         };
-        let r = gather(&args, &pods)?;
+        let r = gather(&args, |inv| match &args.pods_file {
+            // Only the pods with an address on this node are kept: the file may list a cluster.
+            Some(f) => {
+                let here: std::collections::HashSet<std::net::IpAddr> =
+                    inv.pod_routes().into_iter().map(|(ip, _)| ip).collect();
+                pods::read_file(f, |p| p.ips.iter().any(|ip| here.contains(ip)))
+            }
+            None => Ok(from_api),
+        })?;
         match args.output {
             Format::Json => println!("{}", serde_json::to_string(&r)?),
             Format::Table => {

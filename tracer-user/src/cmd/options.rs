@@ -60,6 +60,13 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     }
 }
 
+/// `now + d` for a timer, with checked arithmetic: durations are bounded by [`MAX_DURATION`],
+/// and a deadline that cannot be represented is clamped rather than panicking.
+pub fn deadline_after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d).or_else(|| now.checked_add(MAX_DURATION)).unwrap_or(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,18 +46,22 @@ pub async fn select_pods(args: &TraceArgs) -> Result<Vec<PodInfo>> {
         }
         return Ok(out);
     }
+    let selector = args.selector.as_deref().map(pods::parse_selector).transpose()?;
     let all = match &args.pods_file {
-        Some(f) => pods::load_file(f)?,
+        // Only the pods asked for are kept: the file may list a whole cluster.
+        Some(f) => pods::read_file(f, |p| {
+            args.namespace.as_deref().is_none_or(|n| n == p.namespace)
+                && (args.pods.contains(&p.name) || selector.as_ref().is_some_and(|s| p.matches(s)))
+        })?,
         None => pods::from_api(args.namespace.as_deref(), None).await?,
     };
     for name in &args.pods {
         out.push(pods::find(&all, name, args.namespace.as_deref())?.clone());
     }
-    if let Some(sel) = &args.selector {
-        let sel = pods::parse_selector(sel)?;
+    if let Some(sel) = &selector {
         let matched: Vec<&PodInfo> = all
             .iter()
-            .filter(|p| p.matches(&sel) && args.namespace.as_deref().is_none_or(|n| n == p.namespace))
+            .filter(|p| p.matches(sel) && args.namespace.as_deref().is_none_or(|n| n == p.namespace))
             .collect();
         if matched.is_empty() {
             bail!("no pod matches -l {}", args.selector.as_deref().unwrap_or_default());

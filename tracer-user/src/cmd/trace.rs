@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{
     assemble::session::{Session, Wake},
-    kernel::preflight,
+    kernel::{load, preflight},
     node::inventory::Inventory,
     report::{
         json::FlowReport,
@@ -26,6 +26,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     if let Some(sock) = &args.agent {
         return super::via_agent::trace(sock, &args).await;
     }
+    load::check_flow_table(args.max_flows)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
     let pods = select_pods(&args).await?;

@@ -6,7 +6,8 @@
 //! always returns TCX_NEXT, so the rest of the chain sees every packet unchanged.
 //!
 //! The netlink `clsact` fallback (`--attach-mode tc`) leaves filters behind on SIGKILL; those
-//! are found by name on the next start (see `leftovers`).
+//! are found by name on the next start and removed if their podtrace is provably dead (see
+//! `leftovers`: a tc-mode podtrace holds liveness tokens for its programs).
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -21,9 +22,6 @@ use aya::{
 use tracer_common::names;
 
 use super::load::{self, LoadOptions};
-
-/// The handle of podtrace's clsact filters (`pt` in ASCII): anything but 1.
-pub const OUR_TC_HANDLE: tc::TcHandle = tc::TcHandle::new(0x7074, 0);
 
 /// How programs are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -68,6 +66,8 @@ pub struct Tracer {
     pub ebpf: Ebpf,
     pub mode: AttachMode,
     attached: BTreeMap<u32, Attached>,
+    /// In tc mode: says "alive" for our programs as long as this process lives.
+    _alive: Option<super::leftovers::LiveTokens>,
 }
 
 impl Tracer {
@@ -94,7 +94,18 @@ impl Tracer {
                 p.attach(tp).with_context(|| format!("attaching {prog} to the {tp} tracepoint"))?;
             }
         }
-        Ok(Tracer { ebpf, mode, attached: BTreeMap::new() })
+        // Before any filter exists: a filter of ours is never without its token.
+        let alive = match mode {
+            AttachMode::Tc => {
+                let mut ids = Vec::new();
+                for name in [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS] {
+                    ids.push(classifier(&mut ebpf, name)?.info().map_err(|e| anyhow!("{name}: {e}"))?.id());
+                }
+                Some(super::leftovers::hold(&ids)?)
+            }
+            _ => None,
+        };
+        Ok(Tracer { ebpf, mode, attached: BTreeMap::new(), _alive: alive })
     }
 
     /// Attaches ingress and egress programs to the interface. Attaching twice is a no-op.
@@ -110,13 +121,15 @@ impl Tracer {
                 Err(e) => return Err(anyhow!(e).context(format!("adding clsact to {ifname}"))),
             }
         }
-        let ingress = self.attach_one(ifindex, ifname, TcAttachType::Ingress);
-        let both = ingress.and_then(|ingress| match self.attach_one(ifindex, ifname, TcAttachType::Egress) {
-            Ok(egress) => Ok((ingress, egress)),
-            Err(e) => {
-                // Leave nothing half-attached.
-                let _ = classifier(&mut self.ebpf, names::PROG_TC_INGRESS).map(|p| p.detach(ingress));
-                Err(e)
+        let ingress = self.attach_one(ifindex, ifname, TcAttachType::Ingress, created_clsact);
+        let both = ingress.and_then(|ingress| {
+            match self.attach_one(ifindex, ifname, TcAttachType::Egress, created_clsact) {
+                Ok(egress) => Ok((ingress, egress)),
+                Err(e) => {
+                    // Leave nothing half-attached.
+                    let _ = classifier(&mut self.ebpf, names::PROG_TC_INGRESS).map(|p| p.detach(ingress));
+                    Err(e)
+                }
             }
         });
         match both {
@@ -146,16 +159,19 @@ impl Tracer {
         ifindex: u32,
         ifname: &str,
         direction: TcAttachType,
+        created_clsact: bool,
     ) -> Result<SchedClassifierLinkId> {
         let mode = self.mode;
         let name = prog_name(direction);
         let prog = classifier(&mut self.ebpf, name)?;
+        let handle = if created_clsact { super::tc::HANDLE_CREATED_CLSACT } else { super::tc::HANDLE_OWN };
         let how = match mode {
             // Never handle 1: aws-network-policy-agent's detach deletes the first filter with
-            // handle 1 on the hook, whatever its priority.
+            // handle 1 on the hook, whatever its priority (tc::HANDLE_OWN and
+            // HANDLE_CREATED_CLSACT are not).
             AttachMode::Tc => TcAttach::Netlink {
                 parent: direction.into(),
-                options: NlOptions { handle: OUR_TC_HANDLE, ..NlOptions::default() },
+                options: NlOptions { handle: handle.into(), ..NlOptions::default() },
             },
             _ => TcAttach::Tcx { attach_type: direction, order: LinkOrder::first() },
         };

@@ -1,7 +1,9 @@
 //! Loading the embedded kernel object with podtrace's load-time settings.
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::{Ebpf, EbpfLoader};
-use tracer_common::{CachedFlow, FLOW_CACHE_MAX_SLOTS, FLOW_CACHE_MIN_SLOTS, KernelLayout, globals, names};
+use tracer_common::{
+    CachedFlow, FLOW_CACHE_MAX_SLOTS, FLOW_CACHE_MIN_SLOTS, FlowKey, FlowStats, KernelLayout, globals, names,
+};
 
 /// The kernel programs, built by build.rs for bpfel-unknown-none.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -69,7 +71,99 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(names::MAP_FLOW_CACHE, cpus * slots)
         .map_max_entries(names::MAP_FLOW_CACHE_USED, cpus * slots / tracer_common::FLOW_CACHE_SLOTS_PER_WORD)
         .load(OBJECT)
-        .context("loading the podtrace eBPF object (needs root or CAP_BPF+CAP_PERFMON)")
+        .map_err(|e| {
+            let hint = match os_error(&e) {
+                Some(libc::EPERM) | Some(libc::EACCES) => " (needs root or CAP_BPF+CAP_PERFMON)".to_string(),
+                // Map memory is charged to the memory cgroup: a container limit below it fails here.
+                Some(libc::ENOMEM) => super::maps::possible_cpus().map_or(String::new(), |cpus| {
+                    format!(
+                        " (out of memory: the flow table alone takes {} on {cpus} CPUs; lower --max-flows or raise the memory limit)",
+                        human_bytes(flow_table_bytes(opts.max_flows, cpus))
+                    )
+                }),
+                _ => String::new(),
+            };
+            anyhow::Error::new(e).context(format!("loading the podtrace eBPF object{hint}"))
+        })
+}
+
+/// The OS error under an error, if any (the kernel's reason for refusing).
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(code) = err.downcast_ref::<std::io::Error>().and_then(|io| io.raw_os_error()) {
+            return Some(code);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// Kernel memory a flow table of `max_flows` entries takes on a machine with `cpus` possible
+/// CPUs. FLOWS is a preallocated per-CPU hash: every entry is a `struct htab_elem` (48 bytes)
+/// with the key (rounded up to 8 bytes) and a pointer to its per-CPU values, and holds one
+/// value (rounded up to 8 bytes) for each possible CPU; the bucket array has a power of two
+/// of 16-byte buckets. This memory is allocated when the map is created and charged to the
+/// creator's memory cgroup, whether or not flows ever fill it.
+pub fn flow_table_bytes(max_flows: u32, cpus: usize) -> u64 {
+    const HTAB_ELEM: u64 = 48;
+    const BUCKET: u64 = 16;
+    let round8 = |n: usize| (n as u64).div_ceil(8) * 8;
+    let entry = HTAB_ELEM + round8(size_of::<FlowKey>()) + 8 + cpus as u64 * round8(size_of::<FlowStats>());
+    let buckets = (max_flows as u64).max(1).next_power_of_two();
+    max_flows as u64 * entry + buckets * BUCKET
+}
+
+/// Kernel memory of podtrace's other maps, an upper bound for `cpus` CPUs: per CPU the
+/// sightings (8192 × 72 B) and the drop and retransmission values (8192 × 24 B) stay under
+/// 1 MiB; the hop ring (1 MiB), the drop and retransmission hash elements, the address filter
+/// and the counters under 4 MiB; the flow cache takes its slots (see [`flow_cache_slots`]) and
+/// a bit each for occupancy. Sizes as declared in tracer-ebpf/src/maps.rs.
+pub fn other_maps_bytes(cpus: usize, flow_cache_bytes: u64) -> u64 {
+    let cache_slots = cpus as u64 * flow_cache_slots(cpus as u32, flow_cache_bytes) as u64;
+    cpus as u64 * (1 << 20) + (4 << 20) + cache_slots * size_of::<CachedFlow>() as u64 + cache_slots / 8
+}
+
+/// Most kernel memory a flow table may take (`--max-flows`): beyond it the table is refused
+/// before anything is loaded. 262 144 entries (the agent's default) fit up to 96 CPUs.
+pub const MAX_FLOW_TABLE_BYTES: u64 = 1 << 30;
+
+/// Refuses flow tables whose kernel memory exceeds [`MAX_FLOW_TABLE_BYTES`] on this machine;
+/// the message states the memory they would take (per-CPU values counted).
+pub fn check_flow_table(max_flows: u32) -> Result<u64> {
+    let cpus = super::maps::possible_cpus()?;
+    let bytes = flow_table_bytes(max_flows, cpus);
+    if bytes > MAX_FLOW_TABLE_BYTES {
+        anyhow::bail!(
+            "--max-flows {max_flows} would lock {} of kernel memory on this machine's {cpus} CPUs \
+             (the flow table is per-CPU: {} bytes per entry here); at most {} is allowed, \
+             that is --max-flows {} or less",
+            human_bytes(bytes),
+            flow_table_bytes(1, cpus) - 16,
+            human_bytes(MAX_FLOW_TABLE_BYTES),
+            max_flows_within(MAX_FLOW_TABLE_BYTES, cpus),
+        );
+    }
+    Ok(bytes)
+}
+
+/// The largest flow table that fits in `bytes` on `cpus` CPUs.
+fn max_flows_within(bytes: u64, cpus: usize) -> u32 {
+    let (mut lo, mut hi) = (0u32, u32::MAX);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if flow_table_bytes(mid, cpus) <= bytes { lo = mid } else { hi = mid - 1 }
+    }
+    lo
+}
+
+/// `2.1 GB`, `512.0 MB`: decimal units, one decimal.
+pub fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1} GB", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        n => format!("{:.1} kB", n as f64 / 1e3),
+    }
 }
 
 /// One packet in N is sampled for per-hop latency; N is a power of two so that the kernel
@@ -122,6 +216,19 @@ mod tests {
             assert!(cpus as u64 * slots as u64 * 88 <= 16 * mib || slots == FLOW_CACHE_MIN_SLOTS);
         }
         assert_eq!(flow_cache_slots(192, 0), FLOW_CACHE_MIN_SLOTS, "the minimum wins");
+    }
+
+    #[test]
+    fn flow_table_memory_counts_every_cpu() {
+        // The issue's figure: 10 M entries on 2 CPUs lock 2.1 GB.
+        assert_eq!(human_bytes(flow_table_bytes(10_000_000, 2)), "2.1 GB");
+        // 48 + 48 + 8 bytes per entry, 40 per CPU, 16 per bucket.
+        assert_eq!(flow_table_bytes(1024, 4), 1024 * (104 + 4 * 40) + 1024 * 16);
+        assert_eq!(flow_table_bytes(u32::MAX, 2), u32::MAX as u64 * 184 + (1u64 << 32) * 16);
+        let fits = max_flows_within(MAX_FLOW_TABLE_BYTES, 96);
+        assert!(flow_table_bytes(fits, 96) <= MAX_FLOW_TABLE_BYTES);
+        assert!(flow_table_bytes(fits + 1, 96) > MAX_FLOW_TABLE_BYTES);
+        assert!(fits >= 262_144, "the agent's default fits on 96 CPUs");
     }
 
     #[test]

@@ -8,6 +8,12 @@ use netlink_packet_route::{
 
 use super::netlink::{dump, request};
 
+/// Handles of podtrace's filters ("pt" and a flag): whether the podtrace that attached them
+/// had created the clsact qdisc. The mark outlives a killed podtrace with its filters, so the
+/// next one knows which empty qdiscs are podtrace's to remove.
+pub const HANDLE_OWN: u32 = 0x7074_0001;
+pub const HANDLE_CREATED_CLSACT: u32 = 0x7074_0002;
+
 /// clsact's handle (ffff:0) and the ingress/egress parents below it.
 const CLSACT: TcHandle = TcHandle { major: 0xffff, minor: 0 };
 pub const PARENT_INGRESS: u32 = 0xffff_fff2;

@@ -38,6 +38,15 @@ pub struct BranchEni {
 /// The pod annotation listing a pod's branch ENIs.
 pub const POD_ENI_ANNOTATION: &str = "vpc.amazonaws.com/pod-eni";
 
+/// The branch ENIs a pod's annotations list. A malformed annotation names no branch ENI
+/// (nothing is guessed from it).
+fn branch_enis(annotations: Option<&BTreeMap<String, String>>) -> Vec<BranchEni> {
+    annotations
+        .and_then(|a| a.get(POD_ENI_ANNOTATION))
+        .and_then(|v| serde_json::from_str(v).ok())
+        .unwrap_or_default()
+}
+
 impl PodInfo {
     pub fn from_pod(p: &Pod) -> Option<PodInfo> {
         let meta = &p.metadata;
@@ -59,13 +68,7 @@ impl PodInfo {
             host_ip: status.and_then(|s| s.host_ip.as_ref()).and_then(|i| i.parse().ok()),
             phase: status.and_then(|s| s.phase.clone()),
             labels: meta.labels.clone().unwrap_or_default(),
-            // A malformed annotation names no branch ENI (nothing is guessed from it).
-            branch_enis: meta
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(POD_ENI_ANNOTATION))
-                .and_then(|v| serde_json::from_str(v).ok())
-                .unwrap_or_default(),
+            branch_enis: branch_enis(meta.annotations.as_ref()),
         })
     }
 
@@ -90,27 +93,216 @@ impl PodInfo {
     }
 }
 
+/// Largest pods file read: a `kubectl get pods -A -o json` of a very large cluster. The file
+/// is parsed as it is read, so memory follows the pods kept, not the file's size.
+pub const MAX_PODS_FILE_BYTES: u64 = 1 << 30;
+
+/// The parts of a Pod podtrace reads; everything else in the file is skipped unparsed.
 #[derive(Deserialize)]
-struct PodList {
-    items: Vec<Pod>,
+struct FilePod {
+    metadata: FileMeta,
+    #[serde(default)]
+    spec: Option<FileSpec>,
+    #[serde(default)]
+    status: Option<FileStatus>,
 }
 
-/// Reads a PodList (`kubectl get pods -A -o json`). Errors name the line, column and field.
-pub fn load_file(path: &Path) -> Result<Vec<PodInfo>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read pods file {}", path.display()))?;
-    parse_pod_list(&text).with_context(|| format!("pods file {}", path.display()))
+#[derive(Deserialize)]
+struct FileMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
-pub fn parse_pod_list(text: &str) -> Result<Vec<PodInfo>> {
-    let de = &mut serde_json::Deserializer::from_str(text);
-    let list: PodList = serde_path_to_error::deserialize(de).map_err(|e| {
-        let inner = e.inner();
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileSpec {
+    node_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FileStatus {
+    phase: Option<String>,
+    #[serde(rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(rename = "podIPs")]
+    pod_ips: Option<Vec<FilePodIp>>,
+    #[serde(rename = "hostIP")]
+    host_ip: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FilePodIp {
+    ip: String,
+}
+
+impl FilePod {
+    fn info(self) -> Option<PodInfo> {
+        let status = self.status;
+        let mut ips: Vec<IpAddr> = status
+            .as_ref()
+            .and_then(|s| s.pod_ips.as_ref())
+            .map(|v| v.iter().filter_map(|i| i.ip.parse().ok()).collect())
+            .unwrap_or_default();
+        if let Some(ip) = status.as_ref().and_then(|s| s.pod_ip.as_ref()).and_then(|i| i.parse().ok())
+            && !ips.contains(&ip)
+        {
+            ips.insert(0, ip);
+        }
+        Some(PodInfo {
+            name: self.metadata.name?,
+            namespace: self.metadata.namespace.unwrap_or_else(|| "default".into()),
+            node: self.spec.and_then(|s| s.node_name),
+            ips,
+            host_ip: status.as_ref().and_then(|s| s.host_ip.as_ref()).and_then(|i| i.parse().ok()),
+            phase: status.and_then(|s| s.phase),
+            labels: self.metadata.labels.unwrap_or_default(),
+            branch_enis: branch_enis(self.metadata.annotations.as_ref()),
+        })
+    }
+}
+
+/// A PodList whose items go one by one to a callback instead of into memory.
+struct PodListSeed<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(PodInfo)> serde::de::DeserializeSeed<'de> for PodListSeed<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, F: FnMut(PodInfo)> serde::de::Visitor<'de> for PodListSeed<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a PodList object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut items = false;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" {
+                if items {
+                    return Err(serde::de::Error::duplicate_field("items"));
+                }
+                items = true;
+                map.next_value_seed(ItemsSeed(&mut *self.0))?;
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        if !items {
+            return Err(serde::de::Error::missing_field("items"));
+        }
+        Ok(())
+    }
+}
+
+struct ItemsSeed<'f, F>(&'f mut F);
+
+impl<'de, F: FnMut(PodInfo)> serde::de::DeserializeSeed<'de> for ItemsSeed<'_, F> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, F: FnMut(PodInfo)> serde::de::Visitor<'de> for ItemsSeed<'_, F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of pods")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(pod) = seq.next_element::<FilePod>()? {
+            if let Some(info) = pod.info() {
+                (self.0)(info);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a PodList (`kubectl get pods -A -o json`) from `input`, handing each pod to `each`
+/// as soon as it is read. Anything but whitespace after the list is an error. Errors name the
+/// line, column and field.
+fn parse_each(input: impl std::io::Read, mut each: impl FnMut(PodInfo)) -> Result<()> {
+    let mut de = serde_json::Deserializer::from_reader(input);
+    let mut track = serde_path_to_error::Track::new();
+    let parsed = serde::de::DeserializeSeed::deserialize(
+        PodListSeed(&mut each),
+        serde_path_to_error::Deserializer::new(&mut de, &mut track),
+    );
+    if let Err(inner) = parsed {
         let msg = inner.to_string();
         let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-        anyhow!("line {} column {}: field `{}`: {msg}", inner.line(), inner.column(), e.path())
+        bail!("line {} column {}: field `{}`: {msg}", inner.line(), inner.column(), track.path());
+    }
+    de.end().map_err(|e| {
+        anyhow!("line {} column {}: trailing characters after the pod list", e.line(), e.column())
+    })
+}
+
+/// Opens a pods file: a regular file (a FIFO or a device would block or never end) of at
+/// most [`MAX_PODS_FILE_BYTES`], checked before and after opening.
+fn open_regular(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let regular = |m: &std::fs::Metadata| -> Result<()> {
+        if !m.is_file() {
+            bail!("pods file {} is not a regular file", path.display());
+        }
+        if m.len() > MAX_PODS_FILE_BYTES {
+            bail!("pods file {} is larger than {} MiB", path.display(), MAX_PODS_FILE_BYTES >> 20);
+        }
+        Ok(())
+    };
+    regular(&std::fs::metadata(path).with_context(|| format!("cannot read pods file {}", path.display()))?)?;
+    // O_NONBLOCK: should it have become a FIFO in between, opening does not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot read pods file {}", path.display()))?;
+    regular(&file.metadata()?)?;
+    Ok(file)
+}
+
+/// Reads a pods file, handing each pod to `each` as it is parsed (memory follows what the
+/// caller keeps, not the file).
+pub fn for_each_in_file(path: &Path, each: impl FnMut(PodInfo)) -> Result<()> {
+    use std::io::Read;
+    let file = open_regular(path)?;
+    let reader = std::io::BufReader::with_capacity(1 << 16, file.take(MAX_PODS_FILE_BYTES + 1));
+    parse_each(reader, each).with_context(|| format!("pods file {}", path.display()))
+}
+
+/// Reads a pods file, keeping the pods `keep` wants.
+pub fn read_file(path: &Path, mut keep: impl FnMut(&PodInfo) -> bool) -> Result<Vec<PodInfo>> {
+    let mut out = Vec::new();
+    for_each_in_file(path, |p| {
+        if keep(&p) {
+            out.push(p)
+        }
     })?;
-    Ok(list.items.iter().filter_map(PodInfo::from_pod).collect())
+    Ok(out)
+}
+
+/// Reads every pod of a pods file.
+pub fn load_file(path: &Path) -> Result<Vec<PodInfo>> {
+    read_file(path, |_| true)
+}
+
+/// Parses a PodList held in memory (tests, fuzzing).
+pub fn parse_pod_list(text: &str) -> Result<Vec<PodInfo>> {
+    let mut out = Vec::new();
+    parse_each(text.as_bytes(), |p| out.push(p))?;
+    Ok(out)
 }
 
 /// Parses `app=web,tier=front` into pairs.
@@ -206,7 +398,30 @@ mod tests {
     fn malformed_files_say_where() {
         let bad = LIST.replace(r#""podIP":"198.18.1.11""#, r#""podIP":7"#);
         let err = parse_pod_list(&bad).unwrap_err().to_string();
-        assert!(err.starts_with("line 4 column 44: field `items[0].status.podIP`: invalid type"), "{err}");
+        // Read as a stream, the position is the byte after the offending value.
+        assert!(err.starts_with("line 4 column 45: field `items[0].status.podIP`: invalid type"), "{err}");
+        let one_line = r#"{"items": [{"metadata": {"name": "x"}, "status": {"podIP": 7}}]}"#;
+        let err = parse_pod_list(one_line).unwrap_err().to_string();
+        assert!(err.starts_with("line 1 column 61: field `items[0].status.podIP`"), "{err}");
+    }
+
+    #[test]
+    fn trailing_garbage_and_duplicate_lists_are_refused() {
+        let err = parse_pod_list("{\"items\":[]}\0\0").unwrap_err().to_string();
+        assert_eq!(err, "line 1 column 13: trailing characters after the pod list");
+        assert!(parse_pod_list("{\"items\":[]}\n  \n").unwrap().is_empty());
+        assert!(parse_pod_list("{\"items\":[],\"items\":[]}").unwrap_err().to_string().contains("duplicate"));
+        assert!(
+            parse_pod_list("{\"kind\":\"List\"}").unwrap_err().to_string().contains("missing field `items`")
+        );
+    }
+
+    #[test]
+    fn only_regular_files_are_read() {
+        for dev in ["/dev/zero", "/dev/null", "/proc/self"] {
+            let err = load_file(Path::new(dev)).unwrap_err().to_string();
+            assert!(err.contains("is not a regular file"), "{dev}: {err}");
+        }
     }
 
     #[test]

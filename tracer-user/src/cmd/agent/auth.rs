@@ -11,7 +11,6 @@
 use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
-    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -299,16 +298,9 @@ impl Protection {
         })
     }
 
-    /// Serves `app` on `addr` over TLS, every request reviewed first.
-    pub async fn serve(&self, addr: SocketAddr, app: Router) -> Result<()> {
-        let listener = tls::bind(addr, self.tls.clone()).await?;
-        let app = app.layer(axum::middleware::from_fn_with_state(self.auth.clone(), require));
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                log::error!("authenticated TCP API server: {e}");
-            }
-        });
-        Ok(())
+    /// `app` with every request reviewed first (serve it over [`tls::accepting`]).
+    pub fn guard(&self, app: Router) -> Router {
+        app.layer(axum::middleware::from_fn_with_state(self.auth.clone(), require))
     }
 }
 

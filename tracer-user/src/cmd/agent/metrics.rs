@@ -65,7 +65,8 @@ where
     f
 }
 
-pub fn render(state: &State) -> String {
+/// The exposition of `state`, with the API's own counters (`api`) among the agent events.
+pub fn render(state: &State, api: &[(&'static str, u64)]) -> String {
     let mut reg = Registry::with_prefix("podtrace");
     let flows = gauge_family::<PodLabels>(&mut reg, "flows", "Flows currently tracked per pod");
     let packets = counter_family::<PodEniLabels>(
@@ -119,19 +120,19 @@ pub fn render(state: &State) -> String {
         namespace: namespace.to_string(),
         kind: kind.to_string(),
     };
-    let live = &state.live;
-    for (pod, n) in &live.flows {
+    for (pod, n) in &state.live_flows {
         flows.get_or_create(&pod_labels(pod)).set(*n as i64);
     }
-    for ((pod, kind), n) in &live.nat {
+    let e = &state.exported;
+    for ((pod, kind), n) in &e.nat {
         nat.get_or_create(&kind_labels(pod, kind.as_str())).inc_by(*n);
     }
-    for (((pod, namespace), mode), n) in &live.ingress_modes {
+    for (((pod, namespace), mode), n) in &e.ingress_modes {
         let l =
             ModeLabels { pod: pod.to_string(), namespace: namespace.to_string(), mode: mode.as_str().into() };
         modes.get_or_create(&l).inc_by(*n);
     }
-    for (((pod, namespace), reason), n) in &live.drops {
+    for (((pod, namespace), reason), n) in &e.drops {
         let l = ReasonLabels {
             pod: pod.to_string(),
             namespace: namespace.to_string(),
@@ -139,21 +140,15 @@ pub fn render(state: &State) -> String {
         };
         drops.get_or_create(&l).inc_by(*n);
     }
-    let mut per_eni = state.expired_totals.clone();
-    for (key, (p, b)) in &live.traffic {
-        let e = per_eni.entry(key.clone()).or_default();
-        e.0 += p;
-        e.1 += b;
-    }
-    for ((pod, namespace, eni), (p, b)) in per_eni {
+    for ((pod, namespace, eni), (p, b)) in &e.traffic {
         let l = PodEniLabels { pod: pod.to_string(), namespace: namespace.to_string(), eni: eni.to_string() };
-        packets.get_or_create(&l).inc_by(p);
-        bytes.get_or_create(&l).inc_by(b);
+        packets.get_or_create(&l).inc_by(*p);
+        bytes.get_or_create(&l).inc_by(*b);
     }
     for (i, name) in counter::NAMES.iter().enumerate() {
         kernel.get_or_create(&NameLabel { name: name.to_string() }).inc_by(state.counters[i]);
     }
-    for (name, v) in state.agent_counters() {
+    for (name, v) in state.agent_counters().into_iter().chain(api.iter().copied()) {
         user.get_or_create(&NameLabel { name: name.to_string() }).inc_by(v);
     }
     let (used, cap) = state.table_fill;

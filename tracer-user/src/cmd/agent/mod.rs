@@ -10,13 +10,17 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod export_rounds;
+pub mod flows;
+pub mod listener;
 pub mod metrics;
 pub mod node_api;
 pub mod otlp;
 pub mod otlp_record;
 pub mod poll_times;
+pub mod socket;
 pub mod state;
 pub mod tls;
+pub mod totals;
 pub mod tracker;
 
 use std::{
@@ -29,14 +33,19 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::options::{parse_bytes, parse_duration};
+use super::options::{deadline_after, parse_bytes, parse_duration};
 use crate::{
     assemble::{
         context::NodeContext,
         session::{Session, SessionOptions, Wake},
     },
-    kernel::{attach::AttachMode, leftovers, load::SampleRate, preflight},
-    node::{inventory::Inventory, link_events, pod_source, pods, rules::Ruleset},
+    kernel::{
+        attach::AttachMode,
+        leftovers,
+        load::{self, SampleRate},
+        preflight,
+    },
+    node::{inventory::Inventory, link_events, pod_source, rules::Ruleset},
 };
 use poll_times::PollTimes;
 use state::{Interner, Shared, State};
@@ -48,21 +57,30 @@ pub struct AgentArgs {
     #[arg(long, default_value = "/run/podtrace/agent.sock")]
     pub socket: PathBuf,
     /// Also serve the API on this TCP address (e.g. 127.0.0.1:9090). Off unless given.
+    /// Addresses other than loopback need --authenticate (or --insecure-listen).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Pods from a `kubectl get pods -A -o json` file (re-read when it changes) instead of the API.
+    /// Allow --listen on a non-loopback address: every flow is served, unauthenticated, to
+    /// anyone who can reach it.
+    #[arg(long, requires = "listen")]
+    pub insecure_listen: bool,
+    /// Pods from a `kubectl get pods -A -o json` file (a regular file of at most 1 GiB, re-read
+    /// when it changes) instead of the API.
     #[arg(long, value_name = "FILE")]
     pub pods_file: Option<PathBuf>,
-    /// This node's name, to watch its pods (the DaemonSet passes it from the downward API).
+    /// This node's name, to watch its pods (the DaemonSet passes it from the downward API);
+    /// with --pods-file, only this node's pods are kept from the file.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
     /// Flows without a packet for this long expire.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// At most this many flows are tracked; the oldest are evicted (and counted) beyond it.
-    #[arg(long, default_value_t = 50_000)]
-    pub max_tracked_flows: usize,
-    /// Capacity of the kernel flow table (per flow, interface and hook).
+    /// At most this many flows are tracked (1 to 1 000 000); the oldest are evicted (and
+    /// counted) beyond it. The agent's memory grows with it (see deploy/README.md).
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_tracked_flows: u32,
+    /// Capacity of the kernel flow table (per flow, interface and hook). Its memory is taken
+    /// at start for every CPU: refused beyond 1 GiB.
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..))]
     pub max_flows: u32,
     /// Use these interfaces as ENIs instead of discovering them.
@@ -90,19 +108,35 @@ pub struct AgentArgs {
     pub otlp: otlp::OtlpArgs,
 }
 
-/// A `GET /flows` for the agent loop, which owns the data flows are built from.
-pub struct FlowsRequest {
-    pub query: api::FlowQuery,
-    pub reply: tokio::sync::oneshot::Sender<String>,
+/// User-space memory the agent needs with `max_tracked_flows`, as measured on the lab
+/// (tests/tests/hostile.rs: 94 MiB peak with 50 000 flows and ten clients that never read
+/// `/flows`): a base for the runtime, BTF offsets and buffers, and per tracked flow its
+/// summary, its share of a poll's assembly and of the kernel snapshot.
+pub fn user_space_budget(max_tracked_flows: u32) -> u64 {
+    (64 << 20) + max_tracked_flows as u64 * 1536
+}
+
+/// Everything the agent's memory cgroup is charged with on a node of `cpus` CPUs: user space
+/// and the kernel maps (created by the agent, so charged to its container).
+pub fn memory_budget(max_tracked_flows: u32, max_flows: u32, flow_cache_bytes: u64, cpus: usize) -> u64 {
+    user_space_budget(max_tracked_flows)
+        + load::flow_table_bytes(max_flows, cpus)
+        + load::other_maps_bytes(cpus, flow_cache_bytes)
+}
+
+/// A `GET /flows` asking the agent loop, which owns the data flows are built from, for a view
+/// of them to assemble elsewhere.
+pub struct ViewRequest {
+    pub reply: tokio::sync::oneshot::Sender<flows::FlowView>,
 }
 
 /// Starts following the pods' metadata: a pods file, the API (this node's pods), or nothing.
 async fn pod_source(args: &AgentArgs) -> Result<pod_source::PodCache> {
     let cache = pod_source::PodCache::default();
     match (&args.pods_file, &args.node_name) {
-        (Some(f), _) => {
-            cache.replace(pods::load_file(f)?);
-            tokio::spawn(pod_source::follow_file(f.clone(), cache.clone()));
+        (Some(f), node) => {
+            pod_source::load_file(&cache, f, node.as_deref())?;
+            pod_source::follow_file(f.clone(), node.clone(), cache.clone())?;
         }
         (None, Some(node)) => {
             let client = kube::Client::try_default().await.context(
@@ -120,9 +154,44 @@ async fn pod_source(args: &AgentArgs) -> Result<pod_source::PodCache> {
     Ok(cache)
 }
 
+/// The API's listeners, bound before anything is attached: a busy socket or address is
+/// refused while nothing has been touched yet.
+struct Listeners {
+    unix: tokio::net::UnixListener,
+    _socket: socket::OwnSocket,
+    tcp: Option<tokio::net::TcpListener>,
+}
+
+async fn bind_listeners(args: &AgentArgs) -> Result<Listeners> {
+    let access =
+        args.listen.map(|a| api::tcp_access(a, args.insecure_listen, args.auth.authenticate)).transpose()?;
+    let (unix, own) = socket::bind(&args.socket)?;
+    unix.set_nonblocking(true)?;
+    let unix = tokio::net::UnixListener::from_std(unix)?;
+    let tcp = match args.listen {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?)
+        }
+        None => None,
+    };
+    if access == Some(api::TcpAccess::Insecure) {
+        log::warn!(
+            "--insecure-listen: every flow is served unauthenticated on {} to anyone who can reach it",
+            args.listen.map(|a| a.to_string()).unwrap_or_default()
+        );
+    }
+    Ok(Listeners { unix, _socket: own, tcp })
+}
+
 pub async fn run(args: AgentArgs) -> Result<()> {
+    // Everything that can be refused is checked, and the API's socket taken, before anything
+    // is loaded or attached.
+    load::check_flow_table(args.max_flows)?;
     preflight::check_privileges()?;
     preflight::check_btf()?;
+    let listeners = bind_listeners(&args).await?;
+    let fd_limit = listener::raise_fd_limit();
+    let cap = listener::connection_cap(fd_limit, 1 + listeners.tcp.is_some() as usize);
     let inv = Inventory::read(&args.enis)?;
     if inv.enis.is_empty() {
         anyhow::bail!("no ENI found: no interface carries a VPC address on this node (use --eni IFACE)");
@@ -147,7 +216,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let (tx, mut link_events) = tokio::sync::mpsc::unbounded_channel();
     link_events::watch(tx)?;
     let state: Shared = Arc::new(RwLock::new(State::default()));
-    let ctx = NodeContext::new(&inv, Ruleset::read());
+    let ctx = Arc::new(NodeContext::new(&inv, Ruleset::read()));
     let mut agent = Agent {
         args: args.clone(),
         session,
@@ -158,6 +227,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         pods: Vec::new(),
         interner: Interner::default(),
         last: None,
+        totals: Default::default(),
         blind: Default::default(),
         export: None,
     };
@@ -169,17 +239,30 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // A first snapshot before the API answers: /healthz is true from the first request on.
     agent.poll()?;
     state.write().expect("state").poll_interval_seconds = args.poll_interval.as_secs_f64();
-
-    let (flows_tx, mut flows_rx) = tokio::sync::mpsc::channel::<FlowsRequest>(16);
-    let node = node_api::NodeSource { enis: args.enis.clone(), cache: agent.cache.clone() };
-    let api_state = api::ApiState { state: state.clone(), flows: flows_tx, node };
-    api::serve_unix(&args.socket, api_state.clone()).await?;
-    let _socket_file = api::SocketFile(args.socket.clone());
-    if let Some(addr) = args.listen {
-        api::serve_tcp(addr, api_state, protection.as_ref()).await?;
-    }
-    // Signals are handled from here on: the readiness line below must not race them.
+    // Signals are caught from here on, before the line that tells the world we run.
     let mut events = agent.session.events(None)?;
+
+    let (views_tx, mut views_rx) = tokio::sync::mpsc::channel::<ViewRequest>(16);
+    let node = node_api::NodeSource { enis: args.enis.clone(), cache: agent.cache.clone() };
+    let api_state = api::ApiState::new(state.clone(), views_tx, node);
+    let app = api::router(api_state.clone());
+    tokio::spawn(listener::serve(listeners.unix, app.clone(), cap, api_state.counters.unix.clone()));
+    if let Some(tcp) = listeners.tcp {
+        let counters = api_state.counters.tcp.clone();
+        match &protection {
+            Some(p) => {
+                tokio::spawn(listener::serve(
+                    tls::accepting(tcp, p.tls.clone()),
+                    p.guard(app),
+                    cap,
+                    counters,
+                ));
+            }
+            None => {
+                tokio::spawn(listener::serve(tcp, app, cap, counters));
+            }
+        }
+    }
     let scheme = if protection.is_some() { "https (authenticated)" } else { "http" };
     eprintln!(
         "podtrace: agent tracing {} interfaces, API on {}{}",
@@ -187,7 +270,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         args.socket.display(),
         args.listen.map(|a| format!(" and {scheme}://{a}")).unwrap_or_default()
     );
-    let mut next_poll = tokio::time::Instant::now() + args.poll_interval;
+    let mut next_poll = deadline_after(args.poll_interval);
     let mut poll_times = PollTimes::default();
     let mut last_reconcile = Instant::now();
     loop {
@@ -196,8 +279,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 Wake::Stop => break,
                 Wake::Hops | Wake::Tick => agent.session.drain_hops(),
             },
-            Some(req) = flows_rx.recv() => {
-                let _ = req.reply.send(agent.answer(&req.query));
+            Some(req) = views_rx.recv() => {
+                let _ = req.reply.send(agent.view());
             }
             Some(ev) = link_events.recv() => {
                 // Take every event already queued: a burst of new pods is attached together.
@@ -220,7 +303,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
                 }
                 let took = started.elapsed();
                 let interval = poll_times.next_interval(args.poll_interval, took);
-                next_poll = tokio::time::Instant::now() + interval;
+                next_poll = deadline_after(interval);
                 let mut st = state.write().expect("state");
                 st.poll_seconds = took.as_secs_f64();
                 st.poll_interval_seconds = interval.as_secs_f64();

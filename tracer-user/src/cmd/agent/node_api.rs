@@ -33,7 +33,7 @@ impl NodeSource {
             enis: self.enis.clone(),
             watch: None,
         };
-        let r = gather(&args, &self.cache.all())?;
+        let r = gather(&args, |_| Ok(self.cache.all()))?;
         Ok(match format {
             Format::Json => serde_json::to_string(&r)? + "\n",
             Format::Table => render_table(&r, Style::plain()),

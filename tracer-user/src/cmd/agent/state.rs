@@ -5,6 +5,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use super::totals::{Exported, FlowId};
 use crate::{
     assemble::{
         model::{Flow, IngressMode, NatKind},
@@ -18,9 +19,10 @@ pub type PodKey = (Arc<str>, Arc<str>);
 /// (pod, namespace, eni)
 pub type PodEni = (Arc<str>, Arc<str>, Arc<str>);
 
-/// What the metrics need of one flow. Built per poll and folded into [`LiveTotals`] at once;
+/// What the metrics need of one flow. Built per poll and folded into the totals at once;
 /// full flows are built on request (`GET /flows`) from the last snapshot.
 pub struct FlowSummary {
+    pub id: FlowId,
     pub pod: PodKey,
     /// ENI the flow left or entered by ("none" when it stayed in the node).
     pub eni: Arc<str>,
@@ -38,6 +40,11 @@ pub struct FlowSummary {
 pub struct Interner(HashSet<Arc<str>>);
 
 impl Interner {
+    /// Forgets the strings nothing else holds any more (pods long gone).
+    pub fn prune(&mut self) {
+        self.0.retain(|a| Arc::strong_count(a) > 1);
+    }
+
     pub fn get(&mut self, s: &str) -> Arc<str> {
         if let Some(a) = self.0.get(s) {
             return a.clone();
@@ -51,6 +58,7 @@ impl Interner {
 impl FlowSummary {
     pub fn of(f: &Flow, i: &mut Interner) -> FlowSummary {
         FlowSummary {
+            id: (f.id_tuple, f.pod_ip),
             pod: (i.get(&f.pod), i.get(&f.namespace)),
             eni: i.get(f.eni.as_deref().unwrap_or("none")),
             packets: f.packets,
@@ -63,48 +71,18 @@ impl FlowSummary {
     }
 }
 
-/// The live flows as `/metrics` reports them: per pod, never per flow.
-#[derive(Default)]
-pub struct LiveTotals {
-    /// Flows tracked.
-    pub flows: BTreeMap<PodKey, u64>,
-    /// Packets and bytes by ENI.
-    pub traffic: BTreeMap<PodEni, (u64, u64)>,
-    /// Flows by NAT kind.
-    pub nat: BTreeMap<(PodKey, NatKind), u64>,
-    /// Ingress flows by mode.
-    pub ingress_modes: BTreeMap<(PodKey, IngressMode), u64>,
-    /// Dropped packets by reason.
-    pub drops: BTreeMap<(PodKey, Arc<str>), u64>,
-}
-
-impl LiveTotals {
-    pub fn add(&mut self, f: &FlowSummary) {
-        *self.flows.entry(f.pod.clone()).or_default() += 1;
-        let t = self.traffic.entry((f.pod.0.clone(), f.pod.1.clone(), f.eni.clone())).or_default();
-        t.0 += f.packets;
-        t.1 += f.bytes;
-        for kind in &f.nat {
-            *self.nat.entry((f.pod.clone(), *kind)).or_default() += 1;
-        }
-        if let Some(m) = f.ingress_mode {
-            *self.ingress_modes.entry((f.pod.clone(), m)).or_default() += 1;
-        }
-        for (reason, n) in &f.drops {
-            *self.drops.entry((f.pod.clone(), reason.clone())).or_default() += n;
-        }
-    }
-}
-
 /// What the API serves besides `/flows`.
 #[derive(Default)]
 pub struct State {
-    pub live: LiveTotals,
+    /// Flows tracked per pod (every pod of the node, zero included).
+    pub live_flows: BTreeMap<PodKey, u64>,
+    /// The monotonic counters (see `totals`).
+    pub exported: Exported,
     pub counters: Counters,
     pub user: UserCounters,
-    /// Packets and bytes of expired flows, per (pod, namespace, eni).
-    pub expired_totals: BTreeMap<PodEni, (u64, u64)>,
     pub polls: u64,
+    /// Pods files that could not be read (each version of the file counted once).
+    pub pods_file_errors: u64,
     pub flows_expired: u64,
     pub flows_evicted: u64,
     pub attach_errors: u64,
@@ -123,6 +101,7 @@ impl State {
     pub fn agent_counters(&self) -> Vec<(&'static str, u64)> {
         vec![
             ("polls", self.polls),
+            ("pods_file_errors", self.pods_file_errors),
             ("flows_expired", self.flows_expired),
             ("flows_evicted", self.flows_evicted),
             ("attach_errors", self.attach_errors),

@@ -1,7 +1,7 @@
 //! TLS for the authenticated TCP listener: bearer tokens never cross the node network in clear.
 //! Handshakes run in their own tasks (bounded, with a deadline), so a slow client holds up no
-//! one; finished connections are handed to axum through its `Listener` trait.
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+//! one; finished connections are served within the same caps as every listener's.
+use std::{path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,15 +46,13 @@ pub fn server_config(files: Option<(&Path, &Path)>) -> Result<ServerConfig> {
         .context("TLS certificate and key do not match")
 }
 
-/// Accepted TLS connections, for `axum::serve`.
+/// Accepted TLS connections, served like any other listener's (see `listener`).
 pub struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
+    ready: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<TlsStream<TcpStream>>>,
 }
 
-pub async fn bind(addr: SocketAddr, config: Arc<ServerConfig>) -> Result<TlsListener> {
-    let tcp = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-    let local = tcp.local_addr()?;
+/// Handshakes on the connections `tcp` accepts (bound beforehand, before anything is attached).
+pub fn accepting(tcp: TcpListener, config: Arc<ServerConfig>) -> TlsListener {
     let (tx, ready) = tokio::sync::mpsc::channel(HANDSHAKES);
     let acceptor = TlsAcceptor::from(config);
     let slots = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
@@ -64,7 +62,7 @@ pub async fn bind(addr: SocketAddr, config: Arc<ServerConfig>) -> Result<TlsList
                 Ok(c) => c,
                 Err(e) => {
                     // Out of fds and the like: wait instead of spinning.
-                    log::warn!("accepting on {local}: {e}");
+                    log::warn!("accepting TLS connections: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -75,7 +73,7 @@ pub async fn bind(addr: SocketAddr, config: Arc<ServerConfig>) -> Result<TlsList
                 let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send((tls, peer)).await;
+                        let _ = tx.send(tls).await;
                     }
                     Ok(Err(e)) => log::debug!("TLS handshake with {peer}: {e}"),
                     Err(_) => log::debug!("TLS handshake with {peer}: timed out"),
@@ -83,22 +81,17 @@ pub async fn bind(addr: SocketAddr, config: Arc<ServerConfig>) -> Result<TlsList
             });
         }
     });
-    Ok(TlsListener { ready, local })
+    TlsListener { ready: tokio::sync::Mutex::new(ready) }
 }
 
-impl axum::serve::Listener for TlsListener {
+impl super::listener::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        match self.ready.lock().await.recv().await {
+            Some(conn) => Ok(conn),
             // The accept loop only ends with the runtime.
             None => std::future::pending().await,
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }

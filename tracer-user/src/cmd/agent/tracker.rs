@@ -1,15 +1,21 @@
 //! The agent's work between wake-ups: follow the node's links (attach new pod veths, detach
 //! gone ones), poll the session into per-pod totals, expire and evict flows, and build `/flows`
 //! answers from the last snapshot.
-use std::{collections::HashSet, time::Instant};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::Result;
 use tracer_common::FlowKey;
 
 use super::{
-    AgentArgs, api,
+    AgentArgs,
     export_rounds::ExportRounds,
-    state::{FlowSummary, Interner, LiveTotals, PodEni, Shared},
+    flows::FlowView,
+    state::{FlowSummary, Interner, Shared},
+    totals::{FlowId, Totals},
 };
 use crate::{
     assemble::{
@@ -20,7 +26,6 @@ use crate::{
         inventory::Inventory, link_events::LinkEvent, links::Link, pod_source::PodCache, rules::Ruleset,
         tc_programs,
     },
-    report::json::FlowReport,
 };
 
 fn is_pod_link(l: &Link) -> bool {
@@ -55,7 +60,7 @@ pub fn node_pods(inv: &Inventory, cache: &PodCache) -> Vec<TracedPod> {
         });
         match pod.ips.iter().find_map(|ip| cache.get(ip)) {
             Some(meta) => {
-                pod.branch_eni_id = meta.branch_eni_id();
+                pod.branch_eni_id = meta.branch_eni_id;
                 (pod.name, pod.namespace) = (meta.name, meta.namespace);
             }
             None => pod.name = pod.ips.first().map(|ip| ip.to_string()).unwrap_or_default(),
@@ -86,12 +91,14 @@ pub struct Agent {
     pub session: Session,
     pub cache: PodCache,
     pub state: Shared,
-    pub ctx: NodeContext,
+    /// Shared with the `/flows` answers in progress (copied on write while they hold it).
+    pub ctx: Arc<NodeContext>,
     pub inv: Inventory,
     pub pods: Vec<TracedPod>,
     pub interner: Interner,
     /// The last poll's kernel data, to build `/flows` answers from.
-    pub last: Option<Snapshot>,
+    pub last: Option<Arc<Snapshot>>,
+    pub totals: Totals,
     /// Blind hooks already warned about (tc mode beside another tool's filters).
     pub blind: HashSet<String>,
     /// OTLP export, when configured.
@@ -164,8 +171,9 @@ impl Agent {
         for i in stale {
             self.detach(i);
         }
-        self.ctx = NodeContext::new(&self.inv, Ruleset::read());
-        self.ctx.tc_programs = tc_programs::read(want.iter().map(|(i, _)| *i));
+        let mut ctx = NodeContext::new(&self.inv, Ruleset::read());
+        ctx.tc_programs = tc_programs::read(want.iter().map(|(i, _)| *i));
+        self.ctx = Arc::new(ctx);
         for hook in self.session.blind_hooks() {
             if self.blind.insert(hook.clone()) {
                 log::warn!("{hook}");
@@ -178,7 +186,7 @@ impl Agent {
         let t0 = Instant::now();
         // Routes change with pods: a cheap re-read keeps pod names and roles current.
         self.inv = Inventory::read(&self.args.enis)?;
-        self.ctx.set_interfaces(&self.inv);
+        Arc::make_mut(&mut self.ctx).set_interfaces(&self.inv);
         self.pods = node_pods(&self.inv, &self.cache);
         let t1 = Instant::now();
         // The previous snapshot goes first: two at once would double the peak memory.
@@ -217,26 +225,37 @@ impl Agent {
         let idle_ms = self.args.idle_timeout.as_millis() as u64;
         flows.sort_unstable_by_key(|(f, _)| std::cmp::Reverse(f.last_seen_ms));
         let (mut n_expired, mut n_evicted, mut kept) = (0, 0, 0);
-        let mut live = LiveTotals::default();
         // Every pod of the node has a flow count, zero included (absent would mean unknown).
-        for p in &self.pods {
-            live.flows.insert((self.interner.get(&p.name), self.interner.get(&p.namespace)), 0);
-        }
-        let mut gone_totals: Vec<(PodEni, u64, u64)> = Vec::new();
+        let present: Vec<_> =
+            self.pods.iter().map(|p| (self.interner.get(&p.name), self.interner.get(&p.namespace))).collect();
+        let mut live_flows: BTreeMap<_, u64> = present.iter().map(|p| (p.clone(), 0)).collect();
+        let wall = Instant::now();
+        self.totals.begin();
+        let mut ids: Vec<(FlowId, u32)> = Vec::with_capacity(flows.len());
         for (f, connection) in flows {
+            // Every flow's gain is counted, whatever becomes of it below.
+            self.totals.observe(&f, wall);
+            ids.push((f.id, connection));
             if now_ms.saturating_sub(f.last_seen_ms) > idle_ms {
                 n_expired += 1;
             } else if kept >= self.args.max_tracked_flows {
                 n_evicted += 1;
             } else {
                 kept += 1;
-                live.add(&f);
+                *live_flows.entry(f.pod.clone()).or_default() += 1;
                 fate[connection as usize] |= KEPT;
                 continue;
             }
             fate[connection as usize] |= DOOMED;
-            gone_totals.push(((f.pod.0, f.pod.1, f.eni), f.packets, f.bytes));
         }
+        // A doomed connection's entries go, for all its flows: those start again from zero.
+        for (id, connection) in ids {
+            if fate[connection as usize] & DOOMED != 0 {
+                self.totals.forget(&id);
+            }
+        }
+        self.totals.end(present.into_iter(), wall);
+        self.interner.prune();
         let idle_ns = self.args.idle_timeout.as_nanos() as u64;
         let now = mono_ns();
         let delete: Vec<FlowKey> = snap
@@ -253,64 +272,32 @@ impl Agent {
         self.session.delete_flows(&delete)?;
         let fill = (snap.entries.len() - delete.len(), self.session.flow_table_capacity());
         {
+            let exported = self.totals.exported.clone();
             let mut st = self.state.write().expect("state");
-            for (key, packets, bytes) in gone_totals {
-                let e = st.expired_totals.entry(key).or_default();
-                e.0 += packets;
-                e.1 += bytes;
-            }
             st.polls += 1;
+            st.pods_file_errors = self.cache.errors();
             st.flows_expired += n_expired;
             st.flows_evicted += n_evicted;
-            st.live = live;
+            st.live_flows = live_flows;
+            st.exported = exported;
             st.counters = snap.counters;
             st.user = self.session.user;
             st.table_fill = fill;
             st.attached = self.session.attached_names();
         }
-        self.last = Some(snap);
+        self.last = Some(Arc::new(snap));
         release_free_memory();
         Ok(())
     }
 
-    /// Builds the flows a `GET /flows` asks for from the last snapshot (NDJSON).
-    pub fn answer(&self, q: &api::FlowQuery) -> String {
-        let Some(snap) = &self.last else { return String::new() };
-        let mut pods: Vec<TracedPod> = self
-            .pods
-            .iter()
-            .filter(|p| {
-                q.pod.as_ref().is_none_or(|n| &p.name == n)
-                    && q.namespace.as_ref().is_none_or(|n| &p.namespace == n)
-                    && q.ip.is_none_or(|ip| p.ips.contains(&ip))
-            })
-            .cloned()
-            .collect();
-        // A pod of another node: its flows where they cross this node (as `compare` traces
-        // remote endpoints), named as the caller named it.
-        if let Some(ip) = q.ip
-            && !self.pods.iter().any(|p| p.ips.contains(&ip))
-        {
-            pods.push(TracedPod {
-                name: q.pod.clone().unwrap_or_else(|| ip.to_string()),
-                namespace: q.namespace.clone().unwrap_or_default(),
-                ips: vec![ip],
-                ..Default::default()
-            });
+    /// What a `GET /flows` answer is built from, to take to another thread.
+    pub fn view(&self) -> FlowView {
+        FlowView {
+            snap: self.last.clone(),
+            frozen: self.session.frozen(),
+            ctx: self.ctx.clone(),
+            pods: self.pods.clone(),
         }
-        let mut flows = Vec::new();
-        self.session.each_flow(snap, &self.ctx, &pods, |f, _| {
-            if q.since.is_none_or(|s| f.last_seen_ms >= s) {
-                flows.push(f);
-            }
-        });
-        flows.sort_by(|a, b| (&a.pod, a.first_seen_ms).cmp(&(&b.pod, b.first_seen_ms)));
-        let mut body = String::new();
-        for f in &flows {
-            body += &serde_json::to_string(&FlowReport::from(f)).expect("flow serializes");
-            body.push('\n');
-        }
-        body
     }
 }
 
