@@ -30,7 +30,7 @@ use crate::{
         addr,
         attach::{AttachMode, Tracer},
         btf::{self, Btf},
-        load::{LoadOptions, SampleRate},
+        load::{CaptureLoad, LoadOptions, SampleRate},
         maps::{self, Counters},
         preflight,
     },
@@ -56,6 +56,8 @@ pub struct SessionOptions {
     /// Track only packets to or from these addresses (traced pods and node addresses);
     /// `None` tracks everything (the agent).
     pub filter: Option<Vec<IpAddr>>,
+    /// Load the programs able to capture (`kernel::capture`).
+    pub capture: Option<CaptureLoad>,
 }
 
 /// Losses that happen in user space, reported next to the kernel counters.
@@ -117,6 +119,7 @@ impl Session {
             filter: opts.filter.is_some(),
             max_flows: opts.max_flows,
             layout: Some(layout),
+            capture: opts.capture,
         };
         let mut tracer = Tracer::load(&load, opts.attach_mode)?;
         if let Some(filter) = &opts.filter {
@@ -331,6 +334,11 @@ impl Session {
         let deleted: HashSet<Tuple> = keys.iter().map(|k| k.tuple).collect();
         self.hops.retain(|h: &HopPair| !deleted.contains(&h.from.tuple) && !deleted.contains(&h.to.tuple));
         Ok(())
+    }
+
+    /// The loaded object, for the capture maps (`kernel::capture`).
+    pub fn ebpf_mut(&mut self) -> &mut aya::Ebpf {
+        &mut self.tracer.ebpf
     }
 
     /// Capacity of the kernel flow table.

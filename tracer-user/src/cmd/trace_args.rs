@@ -63,6 +63,7 @@ impl TraceArgs {
             max_flows: self.max_flows,
             attach_mode: self.attach_mode,
             filter: Some(filter.to_vec()),
+            capture: None,
         }
     }
 }

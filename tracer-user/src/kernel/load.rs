@@ -17,11 +17,31 @@ pub struct LoadOptions {
     pub max_flows: u32,
     /// Offsets for the drop/retransmit tracepoints; `None` disables them.
     pub layout: Option<KernelLayout>,
+    /// Keep the capture path (`podtrace capture`, the agent's `/capture`); `None` lets the
+    /// verifier remove it, and its maps take no memory.
+    pub capture: Option<CaptureLoad>,
+}
+
+/// How an object that can capture is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureLoad {
+    /// Size of the copies' ring buffer (a power of two, at least a page).
+    pub ring_bytes: u32,
+}
+
+impl CaptureLoad {
+    pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { sample_rate: SampleRate(16), filter: false, max_flows: 65536, layout: None }
+        LoadOptions {
+            sample_rate: SampleRate(16),
+            filter: false,
+            max_flows: 65536,
+            layout: None,
+            capture: None,
+        }
     }
 }
 
@@ -30,15 +50,32 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
     let max_age_ns: u64 = 1_000_000_000;
     let filter_on: u8 = opts.filter.into();
     let layout = opts.layout.unwrap_or_default();
-    EbpfLoader::new()
-        .override_global(globals::SAMPLE_MASK, &opts.sample_rate.mask(), true)
+    let cpus = super::maps::possible_cpus()? as u32;
+    let armed: u8 = opts.capture.is_some().into();
+    let mask = opts.sample_rate.mask();
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global(globals::SAMPLE_MASK, &mask, true)
         .override_global(globals::FILTER_ON, &filter_on, true)
         .override_global(globals::SIGHTING_MAX_AGE_NS, &max_age_ns, true)
         .override_global(globals::LAYOUT, &layout, true)
+        .override_global(globals::CAPTURE_ARMED, &armed, true)
         .map_max_entries(names::MAP_FLOWS, opts.max_flows.max(1))
-        .map_max_entries(names::MAP_FLOW_CACHE, super::maps::possible_cpus()? as u32 * FLOW_CACHE_SLOTS)
-        .load(OBJECT)
-        .context("loading the podtrace eBPF object (needs root or CAP_BPF+CAP_PERFMON)")
+        .map_max_entries(names::MAP_FLOW_CACHE, cpus * FLOW_CACHE_SLOTS);
+    match opts.capture {
+        Some(c) => {
+            loader
+                .map_max_entries(names::MAP_CAPTURE_RING, c.ring_bytes)
+                .map_max_entries(names::MAP_CAPTURE_SCRATCH, cpus);
+        }
+        // The capture path is gone: its maps shrink to one entry (the ring to one page).
+        None => {
+            for map in [names::MAP_CAPTURE_TUPLES, names::MAP_CAPTURE_SIGHTINGS, names::MAP_CAPTURE_STASH] {
+                loader.map_max_entries(map, 1);
+            }
+        }
+    }
+    loader.load(OBJECT).context("loading the podtrace eBPF object (needs root or CAP_BPF+CAP_PERFMON)")
 }
 
 /// One packet in N is sampled for per-hop latency; N is a power of two so that the kernel

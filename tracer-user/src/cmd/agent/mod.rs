@@ -119,6 +119,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         max_flows: args.max_flows,
         attach_mode: args.attach_mode,
         filter: None,
+        capture: None,
     };
     let session = Session::load(&opts)?;
     leftovers::clean(&tracker::wanted_links(&inv));
