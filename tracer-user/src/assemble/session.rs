@@ -356,8 +356,8 @@ impl Drop for Session {
     }
 }
 
-/// The hop-event ring buffer's descriptor (owned by the session), for `AsyncFd`.
-pub struct RingFd(std::os::fd::RawFd);
+/// A ring buffer's descriptor (owned by the session or a capture), for `AsyncFd`.
+pub struct RingFd(pub std::os::fd::RawFd);
 
 impl std::os::fd::AsRawFd for RingFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
