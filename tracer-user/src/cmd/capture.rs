@@ -297,6 +297,7 @@ pub struct CaptureSummary {
     pub snaplen: u32,
     pub ring_full: u64,
     pub missed: u64,
+    /// Packets written shorter than they were (the snaplen).
     pub truncated: u64,
     pub filtered_out: u64,
     pub stopped_at_max_packets: bool,
@@ -313,6 +314,7 @@ impl CaptureSummary {
         let sum = |f: fn(&capture::HookStats) -> u64| k.hooks.values().map(f).sum::<u64>();
         let blocks = run.writer.interface_names().len() as u32 * 2;
         let filtered_out = (0..blocks).map(|id| run.writer.counts(id).filtered_out).sum();
+        let truncated = (0..blocks).map(|id| run.writer.counts(id).truncated).sum();
         let flows = flows
             .iter()
             .map(|f| FlowCount {
@@ -345,7 +347,7 @@ impl CaptureSummary {
             snaplen: run.spec_snaplen,
             ring_full: sum(|h| h.ring_full),
             missed: sum(|h| h.missed),
-            truncated: sum(|h| h.truncated),
+            truncated,
             filtered_out,
             stopped_at_max_packets: run.stopped_at_max,
             learned_tuples: k.learned,
@@ -419,7 +421,7 @@ pub async fn run(args: CaptureArgs) -> Result<()> {
     let target =
         if args.write.as_os_str() == "-" { "stdout".to_string() } else { args.write.display().to_string() };
     eprintln!(
-        "podtrace: capturing {} on {} to {target} (Ctrl-C to stop)",
+        "podtrace: capture of {}: tracing {} into {target} (Ctrl-C to stop)",
         targets.pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
         targets.attach.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ")
     );

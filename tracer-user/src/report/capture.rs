@@ -39,6 +39,8 @@ pub struct CaptureOptions {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HookCounts {
     pub written: u64,
+    /// Written shorter than the packet (the snaplen).
+    pub truncated: u64,
     pub filtered_out: u64,
 }
 
@@ -183,6 +185,9 @@ impl<W: Write> CaptureWriter<W> {
         let unix_ns = self.clock.unix_ns(h.ts_ns);
         self.out.packet(id, unix_ns, &c.data, h.len, comment)?;
         self.counts[id as usize].written += 1;
+        if (c.data.len() as u32) < h.len {
+            self.counts[id as usize].truncated += 1;
+        }
         if parsed {
             *self.per_key.entry(key).or_default() += 1;
         }
@@ -232,7 +237,7 @@ fn isb(k: HookStats, w: HookCounts, filtered: bool, clock: &Clock, start: u64, e
         delivered: w.written,
         comment: format!(
             "podtrace: ring_full={} missed={} truncated={} filtered_out={}",
-            k.ring_full, k.missed, k.truncated, w.filtered_out
+            k.ring_full, k.missed, w.truncated, w.filtered_out
         ),
     }
 }
