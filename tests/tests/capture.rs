@@ -337,3 +337,65 @@ fn bad_filters_and_outputs_are_one_line_errors_before_anything_is_attached() -> 
     assert!(!net.contains("podtrace"), "{net}");
     Ok(())
 }
+
+#[test]
+fn the_agent_streams_a_capture_over_its_unix_socket_only_and_bounded() -> Result<()> {
+    let lab = lab("capagent", |_| {})?;
+    let (agent, sock) = tests::start_agent(&lab, &["--listen", "127.0.0.1:19093"])?;
+    let file = capture_file(&lab, "agent.pcapng");
+    let node = lab.ns("node-a");
+    let inet = lab.addr("inet", 80);
+    let web2 = lab.ns("web-2");
+    let load = std::thread::spawn(move || -> Result<()> {
+        std::thread::sleep(std::time::Duration::from_millis(1000));
+        traffic::tcp_request(&web2, inet, 100)?;
+        Ok(())
+    });
+    let out = run_podtrace(
+        &node,
+        &[
+            "capture",
+            "--agent",
+            sock.to_str().unwrap(),
+            "--pod",
+            "web-2",
+            "--duration",
+            "3s",
+            "-w",
+            file.to_str().unwrap(),
+        ],
+    )?;
+    load.join().unwrap()?;
+    assert!(out.status.success(), "{}", out.stderr);
+    let pkts = tshark(&file)?;
+    let veth = lab.plan.pod("web-2").unwrap().veth.clone();
+    let node_ip = lab.plan.ip_of("node-a").unwrap();
+    let at_veth = pkts.iter().filter(|p| p.iface == format!("{veth}/ingress") && p.dst == Some(inet)).count();
+    let at_eth0 = pkts
+        .iter()
+        .filter(|p| p.iface == "eth0/egress" && p.dst == Some(inet) && p.src.map(|s| s.ip()) == Some(node_ip))
+        .count();
+    assert!(at_veth >= 4 && at_veth == at_eth0, "{at_veth} at the veth, {at_eth0} SNATed at eth0");
+    // Bounds and mistakes are refused before anything runs.
+    for (q, code) in [
+        ("/capture?pod=web-2&duration=1h", 400),
+        ("/capture?pod=web-2&max_bytes=99999999999", 400),
+        ("/capture?pod=web-2&filter=tcp%20prot", 400),
+        ("/capture?pods=web-2", 400),
+        ("/capture?pod=nope", 404),
+    ] {
+        assert_eq!(tests::agent_get(&sock, "GET", q)?.0, code, "{q}");
+    }
+    // Packet payloads never leave by the TCP listener.
+    let over_tcp = xtask::netns::run_in(&node, || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:19093")?;
+        write!(s, "GET /capture?pod=web-2&duration=1s HTTP/1.0\r\n\r\n")?;
+        let mut r = String::new();
+        s.read_to_string(&mut r)?;
+        Ok(r)
+    })?;
+    assert!(over_tcp.starts_with("HTTP/1.0 404") || over_tcp.starts_with("HTTP/1.1 404"), "{over_tcp}");
+    drop(agent);
+    Ok(())
+}

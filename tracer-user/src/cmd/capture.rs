@@ -257,7 +257,11 @@ impl<W: Write> CaptureRun<W> {
     /// Ends the capture: the kernel stops copying, the last copies are written with the final
     /// flows' comments, then the statistics blocks. Call after detaching, so that the flow
     /// counters and the copies stop together.
-    pub fn finish(mut self, session: &mut Session, t: &Targets) -> Result<(W, CaptureSummary)> {
+    pub fn finish(
+        mut self,
+        session: &mut Session,
+        t: &Targets,
+    ) -> Result<(W, CaptureSummary, RingBuf<MapData>)> {
         capture::set_active(session.ebpf_mut(), false, 0)?;
         self.drain();
         let snap = session.poll()?;
@@ -269,7 +273,7 @@ impl<W: Write> CaptureRun<W> {
         let kernel = capture::read_stats(session.ebpf_mut())?;
         let summary = CaptureSummary::new(&self, &kernel, &flows);
         let out = self.writer.finish(&kernel, monotonic_ns())?;
-        Ok((out, summary))
+        Ok((out, summary, self.ring))
     }
 }
 
@@ -467,7 +471,7 @@ pub async fn run(args: CaptureArgs) -> Result<()> {
     for i in attached {
         session.detach(i);
     }
-    let (mut out, summary) = match run.finish(&mut session, &targets) {
+    let (mut out, summary, _) = match run.finish(&mut session, &targets) {
         Ok(r) => r,
         Err(e) if broken_pipe(&e) || closed => {
             eprintln!("podtrace capture: the reader of {target} went away");

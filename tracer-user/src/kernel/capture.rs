@@ -76,6 +76,30 @@ pub fn configure(ebpf: &mut Ebpf, ifaces: &[(u32, CaptureRole)], addrs: &[IpAddr
     Ok(())
 }
 
+/// Forgets the previous capture (the agent runs one after another): its interfaces, addresses,
+/// tuples and statistics.
+pub fn reset(ebpf: &mut Ebpf) -> Result<()> {
+    fn clear<K: aya::Pod + Eq, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+        let mut map: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
+        let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+        for k in keys {
+            let _ = map.remove(&k);
+        }
+        Ok(())
+    }
+    clear::<u32, CaptureIface>(ebpf, names::MAP_CAPTURE_IFACES)?;
+    clear::<[u8; 16], u8>(ebpf, names::MAP_CAPTURE_ADDRS)?;
+    clear::<Tuple, u8>(ebpf, names::MAP_CAPTURE_TUPLES)?;
+    let cpus = super::maps::possible_cpus()?;
+    let mut stats: PerCpuArray<&mut MapData, u64> =
+        PerCpuArray::try_from(map_mut(ebpf, names::MAP_CAPTURE_STATS)?)?;
+    for i in 0..STATS_LEN {
+        let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; cpus])?;
+        stats.set(i, zeros, 0).context("clearing the capture statistics")?;
+    }
+    Ok(())
+}
+
 /// Turns copying on (with this snaplen, 0 = whole packets) or off.
 pub fn set_active(ebpf: &mut Ebpf, active: bool, snaplen: u32) -> Result<()> {
     let mut map: Array<&mut MapData, CaptureControl> =

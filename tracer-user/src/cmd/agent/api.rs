@@ -1,6 +1,7 @@
 //! The agent's read-only HTTP API: `GET /flows`, `GET /metrics`, `GET /healthz`.
 //! Served on a unix socket (mode 0600) and, only when asked, on a TCP address.
-//! No endpoint changes anything, attaches programs or reads packet payloads.
+//! No endpoint changes anything or attaches programs; only `/capture` (unix socket only, see
+//! `capture_route`) reads packet payloads.
 use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
@@ -132,7 +133,7 @@ pub async fn serve_unix(path: &Path, state: ApiState) -> Result<()> {
     let listener =
         tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let app = router(state);
+    let app = router(state).merge(super::capture_route::router());
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             log::error!("unix API server: {e}");

@@ -7,6 +7,7 @@
 //! kernel table holds `--max-flows` entries (map-full counted), and the hop-event and conntrack
 //! buffers are capped.
 pub mod api;
+pub mod capture_route;
 pub mod client;
 pub mod metrics;
 pub mod poll_times;
@@ -29,7 +30,12 @@ use crate::{
         context::NodeContext,
         session::{Session, SessionOptions, Wake},
     },
-    kernel::{attach::AttachMode, leftovers, load::SampleRate, preflight},
+    kernel::{
+        attach::AttachMode,
+        leftovers,
+        load::{CaptureLoad, SampleRate},
+        preflight,
+    },
     node::{inventory::Inventory, link_events, pod_source, pods, rules::Ruleset},
 };
 use poll_times::PollTimes;
@@ -71,6 +77,10 @@ pub struct AgentArgs {
     /// (many flows), so that polling never takes more than 10 % of a core.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Load the programs without their capture path: no `GET /capture`, and not even the one
+    /// array lookup per packet an idle capture path costs.
+    #[arg(long)]
+    pub no_capture: bool,
     /// Safety net: full re-scan of links and rules this often.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
@@ -119,7 +129,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         max_flows: args.max_flows,
         attach_mode: args.attach_mode,
         filter: None,
-        capture: None,
+        capture: (!args.no_capture).then_some(CaptureLoad { ring_bytes: CaptureLoad::DEFAULT_RING_BYTES }),
     };
     let session = Session::load(&opts)?;
     leftovers::clean(&tracker::wanted_links(&inv));
@@ -140,6 +150,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         last: None,
         blind: Default::default(),
     };
+    let (mut captures, mut capture_rx) = capture_route::Captures::new(&mut agent, !args.no_capture)?;
+    let mut capture_tick = tokio::time::interval(Duration::from_millis(100));
     agent.reconcile()?;
     // A first snapshot before the API answers: /healthz is true from the first request on.
     agent.poll()?;
@@ -171,6 +183,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             Some(req) = flows_rx.recv() => {
                 let _ = req.reply.send(agent.answer(&req.query));
             }
+            Some(req) = capture_rx.recv() => captures.start(&mut agent, req),
+            _ = capture_tick.tick(), if captures.running() => captures.tick(&mut agent),
             Some(ev) = link_events.recv() => {
                 // Take every event already queued: a burst of new pods is attached together.
                 let mut batch = vec![ev];
