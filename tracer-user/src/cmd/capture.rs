@@ -39,7 +39,7 @@ use crate::{
     },
     node::inventory::Inventory,
     report::{
-        capture::{CaptureOptions, CaptureWriter, tuple_text},
+        capture::{CaptureInterface, CaptureOptions, CaptureWriter, tuple_text},
         json::FlowReport,
         table::{Format, Style, row},
     },
@@ -107,10 +107,7 @@ fn monotonic_ns() -> u64 {
 }
 
 /// The capture's interfaces (ifindex, name, description, MAC) in slot order, with their role.
-pub fn capture_interfaces(
-    t: &Targets,
-    inv: &Inventory,
-) -> Vec<((u32, String, String, Option<[u8; 6]>), CaptureRole)> {
+pub fn capture_interfaces(t: &Targets, inv: &Inventory) -> Vec<(CaptureInterface, CaptureRole)> {
     let trunks: HashSet<&str> = inv.branches.iter().map(|b| b.trunk.as_str()).collect();
     t.attach
         .iter()

@@ -66,6 +66,9 @@ pub struct CaptureWriter<W: Write> {
     start_mono_ns: u64,
 }
 
+/// An interface of a capture: ifindex, name, what it is, MAC.
+pub type CaptureInterface = (u32, String, String, Option<[u8; 6]>);
+
 /// Interface block of (slot, hook).
 pub fn block_id(slot: u16, hook: u8) -> u32 {
     slot as u32 * 2 + hook as u32
@@ -76,7 +79,7 @@ impl<W: Write> CaptureWriter<W> {
     /// MAC) in slot order, each with an ingress and an egress block.
     pub fn new(
         w: W,
-        ifaces: &[(u32, String, String, Option<[u8; 6]>)],
+        ifaces: &[CaptureInterface],
         snaplen: u32,
         header_comment: &str,
         opts: CaptureOptions,

@@ -98,11 +98,13 @@ pub fn parse_query(q: &str) -> Result<CaptureQuery, String> {
     Ok(out)
 }
 
+/// The answer to a `/capture` request: the stream's chunks, or the HTTP error.
+pub type CaptureReply = Result<mpsc::UnboundedReceiver<Vec<u8>>, (StatusCode, String)>;
+
 /// A `/capture` request for the agent loop, which owns the session.
 pub struct CaptureRequest {
     pub query: CaptureQuery,
-    /// The stream's chunks; `Err` before the first chunk becomes the HTTP error.
-    pub reply: oneshot::Sender<Result<mpsc::UnboundedReceiver<Vec<u8>>, (StatusCode, String)>>,
+    pub reply: oneshot::Sender<CaptureReply>,
 }
 
 static REQUESTS: OnceLock<mpsc::Sender<CaptureRequest>> = OnceLock::new();
@@ -198,11 +200,7 @@ impl Captures {
         let _ = req.reply.send(answer);
     }
 
-    fn try_start(
-        &mut self,
-        agent: &mut Agent,
-        q: &CaptureQuery,
-    ) -> Result<mpsc::UnboundedReceiver<Vec<u8>>, (StatusCode, String)> {
+    fn try_start(&mut self, agent: &mut Agent, q: &CaptureQuery) -> CaptureReply {
         if self.running.is_some() {
             return Err((StatusCode::CONFLICT, "a capture is already running; one at a time".into()));
         }
