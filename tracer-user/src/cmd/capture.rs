@@ -419,6 +419,8 @@ pub async fn run(args: CaptureArgs) -> Result<()> {
         eprintln!("warning: {hook}");
     }
     preflight::drop_capabilities().context("dropping capabilities after attaching")?;
+    // Signal handlers before the readiness line (a script may signal at once).
+    let mut events = session.events(Some(Duration::from_millis(100)))?;
     let target =
         if args.write.as_os_str() == "-" { "stdout".to_string() } else { args.write.display().to_string() };
     eprintln!(
@@ -427,7 +429,6 @@ pub async fn run(args: CaptureArgs) -> Result<()> {
         targets.attach.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ")
     );
     let deadline = args.trace.duration.and_then(|d| Instant::now().checked_add(d));
-    let mut events = session.events(Some(Duration::from_millis(100)))?;
     // SAFETY: the fd belongs to the capture's ring buffer, which outlives this AsyncFd (dropped
     // before `run.finish`).
     let ring_fd = unsafe {

@@ -58,6 +58,8 @@ async fn follow(session: &mut Session, t: &Targets, args: &TraceArgs) -> Result<
         t.pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
         t.attach.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ")
     );
+    // Signal handlers first: a script that sees the readiness line may send SIGINT at once.
+    let mut events = session.events(Some(Duration::from_millis(100)))?;
     // Also the readiness signal for scripts: everything is attached from here on.
     eprintln!("{title} (Ctrl-C to stop)");
     let start = Instant::now();
@@ -65,7 +67,6 @@ async fn follow(session: &mut Session, t: &Targets, args: &TraceArgs) -> Result<
     let (mut last_poll, mut last_json) = (start, start);
     let mut vanished = Vec::new();
     let mut stdout = std::io::stdout();
-    let mut events = session.events(Some(Duration::from_millis(100)))?;
     loop {
         match events.next().await {
             Wake::Stop => break,

@@ -164,6 +164,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     if let Some(addr) = args.listen {
         api::serve_tcp(addr, api_state).await?;
     }
+    // Signal handlers before the readiness line (a script may signal at once).
+    let mut events = agent.session.events(None)?;
     eprintln!(
         "podtrace: agent tracing {} interfaces, API on {}{}",
         agent.session.attached().count(),
@@ -173,7 +175,6 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut next_poll = tokio::time::Instant::now() + args.poll_interval;
     let mut poll_times = PollTimes::default();
     let mut last_reconcile = Instant::now();
-    let mut events = agent.session.events(None)?;
     loop {
         tokio::select! {
             wake = events.next() => match wake {
