@@ -429,7 +429,7 @@ pub mod bpf {
 
     /// Runs a TC program once on `data` with `skb->ifindex = ifindex` (interface of the calling
     /// thread's network namespace). Returns the program's verdict.
-    pub fn test_run(prog: &OwnedFd, data: &[u8], ifindex: u32) -> Result<i32> {
+    pub fn test_run(prog: &impl AsRawFd, data: &[u8], ifindex: u32) -> Result<i32> {
         let mut ctx = [0u8; 192]; // struct __sk_buff
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; data.len() + 256];

@@ -179,6 +179,12 @@ fn check(doc: &Value, what: &str) -> Result<String> {
                 arg("--max-tracked-flows"),
                 arg("--max-flows"),
                 podtrace::kernel::load::DEFAULT_FLOW_CACHE_BYTES,
+                // The capture path is armed unless --no-capture.
+                (!c.args.clone().unwrap_or_default().iter().any(|a| a == "--no-capture")).then_some(
+                    podtrace::kernel::load::CaptureLoad {
+                        ring_bytes: podtrace::kernel::load::CaptureLoad::DEFAULT_RING_BYTES,
+                    },
+                ),
                 16,
             );
             assert!(limit >= needed, "{what}: limit {} MiB < {} MiB needed", limit >> 20, needed >> 20);

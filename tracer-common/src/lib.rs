@@ -235,6 +235,104 @@ pub mod counter {
     ];
 }
 
+/// Packet capture (`podtrace capture`): the kernel copies the traced pod's packets, at every
+/// traced hook, into a ring buffer of [`CaptureHeader`] + frame bytes.
+pub mod capture {
+    /// Largest copy of one packet (a snaplen of 0 means this).
+    pub const SNAP_MAX: u32 = 65535;
+    /// Bytes of a packet kept aside at an ENI's ingress until its next hook shows whether it is
+    /// the pod's (see `CaptureHeader::flags`, `STASHED`); a power of two.
+    pub const STASH_BYTES: u32 = 2048;
+    /// Interfaces (each with two hooks) one capture can count statistics for.
+    pub const MAX_IFACES: u32 = 256;
+
+    /// `CaptureIface::role`: the pod's own host veth; every frame on it is the pod's.
+    pub const ROLE_POD: u8 = 1;
+    /// `CaptureIface::role`: an ENI (or branch ENI, trunk): only the pod's flows' tuples.
+    pub const ROLE_NODE: u8 = 2;
+
+    /// `CaptureHeader::flags`: the frame parsed; `tuple` and `sig` are set.
+    pub const PARSED: u8 = 1;
+    /// `CaptureHeader::flags`: copied when it passed (kept aside, not yet known to be the pod's)
+    /// and written once its next hook showed it was; `ts_ns` is still when it passed.
+    pub const STASHED: u8 = 2;
+
+    /// Per (interface slot, hook) statistics in `CAPTURE_STATS`, `index = (slot * 2 + hook) *
+    /// STATS_PER_HOOK + kind`.
+    pub mod stat {
+        /// Copies written to the ring.
+        pub const COPIED: u32 = 0;
+        /// The pod's packets lost because the ring was full.
+        pub const RING_FULL: u32 = 1;
+        /// Copies cut at the snaplen (or, for a stashed copy, at `STASH_BYTES`).
+        pub const TRUNCATED: u32 = 2;
+        /// The pod's packets seen here but not copied: recognised only at a later hook (after a
+        /// NAT that hid them here) when no stashed copy was left.
+        pub const MISSED: u32 = 3;
+        pub const STATS_PER_HOOK: u32 = 4;
+    }
+    /// Capture-wide statistics, after the per-hook ones in `CAPTURE_STATS`.
+    pub mod global {
+        /// Tuples of the pod's flows learned by the kernel (a NAT'd form seen next to the
+        /// same packet at the pod's veth).
+        pub const LEARNED: u32 = 0;
+        /// A learned tuple did not fit in `CAPTURE_TUPLES`.
+        pub const TUPLES_FULL: u32 = 1;
+        /// Stashed copies taken (first packets of new flows at an ENI's ingress).
+        pub const STASHES: u32 = 2;
+        pub const COUNT: u32 = 3;
+        /// Index of global statistic `k` in `CAPTURE_STATS`.
+        pub const fn index(k: u32) -> u32 {
+            super::MAX_IFACES * 2 * super::stat::STATS_PER_HOOK + k
+        }
+    }
+    /// Entries of `CAPTURE_STATS`.
+    pub const STATS_LEN: u32 = global::index(global::COUNT);
+}
+
+/// A packet copy: this header, then `caplen` bytes of the frame from its Ethernet header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CaptureHeader {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the hook saw the packet.
+    pub ts_ns: u64,
+    /// The packet's NAT-invariant signature (zero when it did not parse).
+    pub sig: u64,
+    /// The tuple as this hook saw it (zero when it did not parse).
+    pub tuple: Tuple,
+    pub ifindex: u32,
+    /// The packet's length (`skb->len`).
+    pub len: u32,
+    /// Bytes copied after this header (≤ len).
+    pub caplen: u32,
+    pub hook: u8,
+    /// `capture::PARSED`, `capture::STASHED`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A traced interface of a capture (value of `CAPTURE_IFACES`, keyed by ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CaptureIface {
+    /// `capture::ROLE_POD` or `capture::ROLE_NODE`.
+    pub role: u8,
+    pub _pad: u8,
+    /// Where its statistics go in `CAPTURE_STATS` (< `capture::MAX_IFACES`).
+    pub slot: u16,
+    pub _pad2: u32,
+}
+
+/// The capture switch (`CAPTURE_CTL[0]`), written by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CaptureControl {
+    /// Non-zero while a capture runs.
+    pub active: u32,
+    /// Bytes copied of each packet, 1 ..= `capture::SNAP_MAX`.
+    pub snaplen: u32,
+}
+
 /// Names of the load-time globals in the kernel object (`EbpfLoader::override_global`).
 pub mod globals {
     /// `u64`: a packet is sampled when `signature & SAMPLE_MASK == 0` (0 = every packet).
@@ -247,6 +345,9 @@ pub mod globals {
     pub const LAYOUT: &str = "LAYOUT";
     /// `u32`: slots per CPU of the flow cache (a power of two).
     pub const FLOW_CACHE_SLOTS: &str = "FLOW_CACHE_SLOTS";
+    /// `u8`: non-zero keeps the capture path in the TC programs (checked against `CAPTURE_CTL`
+    /// per packet); zero lets the verifier remove it (no capture possible, no cost).
+    pub const CAPTURE_ARMED: &str = "CAPTURE_ARMED";
 }
 
 /// Names of the kernel objects, shared so user space never spells them twice.
@@ -265,6 +366,15 @@ pub mod names {
     pub const MAP_ADDR_FILTER: &str = "ADDR_FILTER";
     pub const MAP_DROPS: &str = "DROPS";
     pub const MAP_RETRANS: &str = "RETRANS";
+    pub const MAP_CAPTURE_CTL: &str = "CAPTURE_CTL";
+    pub const MAP_CAPTURE_IFACES: &str = "CAPTURE_IFACES";
+    pub const MAP_CAPTURE_ADDRS: &str = "CAPTURE_ADDRS";
+    pub const MAP_CAPTURE_TUPLES: &str = "CAPTURE_TUPLES";
+    pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
+    pub const MAP_CAPTURE_STATS: &str = "CAPTURE_STATS";
+    pub const MAP_CAPTURE_SCRATCH: &str = "CAPTURE_SCRATCH";
+    pub const MAP_CAPTURE_SIGHTINGS: &str = "CAPTURE_SIGHTINGS";
+    pub const MAP_CAPTURE_STASH: &str = "CAPTURE_STASH";
 }
 
 #[cfg(feature = "user")]
@@ -280,6 +390,9 @@ mod pod_impls {
     unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for DropStats {}
     unsafe impl aya::Pod for KernelLayout {}
+    unsafe impl aya::Pod for CaptureHeader {}
+    unsafe impl aya::Pod for CaptureIface {}
+    unsafe impl aya::Pod for CaptureControl {}
 }
 
 #[cfg(test)]
@@ -297,6 +410,9 @@ mod tests {
         assert_eq!(size_of::<HopEvent>(), 112);
         assert_eq!(size_of::<DropKey>(), 56);
         assert_eq!(size_of::<KernelLayout>(), 16 * 4);
+        assert_eq!(size_of::<CaptureHeader>(), 72);
+        assert_eq!(size_of::<CaptureIface>(), 8);
+        assert_eq!(size_of::<CaptureControl>(), 8);
     }
 
     #[test]

@@ -11,6 +11,11 @@ static SAMPLE_MASK: Global<u64> = Global::new(0xf);
 #[unsafe(no_mangle)]
 static FILTER_ON: Global<u8> = Global::new(0);
 
+/// Non-zero: the TC programs keep their capture path (`hooks::capture`), which then checks
+/// `CAPTURE_CTL` per packet. Zero (the default): the verifier removes that path entirely.
+#[unsafe(no_mangle)]
+static CAPTURE_ARMED: Global<u8> = Global::new(0);
+
 /// A sighting older than this is not tied to a later hook (the packet was queued elsewhere or
 /// the signature is being reused).
 #[unsafe(no_mangle)]
@@ -54,6 +59,11 @@ pub fn sample_mask() -> u64 {
 #[inline(always)]
 pub fn filter_on() -> bool {
     FILTER_ON.load() != 0
+}
+
+#[inline(always)]
+pub fn capture_armed() -> bool {
+    CAPTURE_ARMED.load() != 0
 }
 
 #[inline(always)]

@@ -18,7 +18,7 @@ mod hooks;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
-mod mem;
+use tracer_ebpf::mem;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

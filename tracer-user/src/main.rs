@@ -29,6 +29,8 @@ enum Cmd {
     Node(cmd::node::NodeArgs),
     /// NodePort (target-type instance) vs pod IP (target-type ip), measured side by side.
     Compare(cmd::compare::CompareArgs),
+    /// A pod's packets at every hop (veth, ENIs), before and after each NAT, in one pcapng file.
+    Capture(cmd::capture::CaptureArgs),
     /// The node agent (DaemonSet): traces every pod and ENI, serves flows and metrics.
     Agent(cmd::agent::AgentArgs),
     /// Exit 0 if the agent at SOCKET answers /healthz within TIMEOUT (for probes).
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
             Some(Cmd::Node(args)) => cmd::node::run(args).await,
             Some(Cmd::Agent(args)) => cmd::agent::run(args).await,
             Some(Cmd::Compare(args)) => cmd::compare::run(args).await,
+            Some(Cmd::Capture(args)) => cmd::capture::run(args).await,
             Some(Cmd::Healthz { socket, timeout }) => {
                 cmd::agent::client::get(&socket, "/healthz", timeout).map(|body| print!("{body}"))
             }

@@ -41,6 +41,9 @@ struct Args {
     /// Measure only the agent figures (figure 4 and 5), print them, write nothing.
     #[arg(long)]
     agent_only: bool,
+    /// Measure only the capture path's kernel cost (figure 3b), print it, write nothing.
+    #[arg(long)]
+    capture_cost_only: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -726,6 +729,12 @@ fn main() -> Result<()> {
         );
         return Ok(());
     }
+    if args.capture_cost_only {
+        let mut s = String::new();
+        capture_table(&mut s, &b.capture_cost()?);
+        print!("{s}");
+        return Ok(());
+    }
     let clock = Clock::user_hz()?;
     if args.agent_only {
         let a = agent_figures(&b)?;
@@ -740,9 +749,11 @@ fn main() -> Result<()> {
     let (udp, udp_cpu) = b.rounds(true)?;
     stage(t0, "kernel ns per packet");
     let kernel = b.ns_per_packet()?;
+    stage(t0, "capture path, kernel ns per packet");
+    let capture = b.capture_cost()?;
     stage(t0, "agent");
     let agent = agent_figures(&b)?;
-    let run = Run { tcp, tcp_cpu, udp, udp_cpu, kernel, agent, clock };
+    let run = Run { tcp, tcp_cpu, udp, udp_cpu, kernel, capture, agent, clock };
     let report = render(&args, &run);
     print!("{report}");
     if let Some(out) = &args.out {
@@ -774,6 +785,7 @@ struct Run {
     udp: Rounds,
     udp_cpu: CpuUse,
     kernel: KernelCost,
+    capture: CaptureCost,
     agent: AgentFigures,
     clock: Clock,
 }
@@ -928,6 +940,7 @@ fn render(args: &Args, run: &Run) -> String {
         .unwrap();
     writeln!(s, "| empty TC program | {et:.1} ({et_lo:.1} – {et_hi:.1}) | {} |", k.empty_runs).unwrap();
     writeln!(s, "\nTarget: podtrace ≤ 2× the empty program (stretch ≤ 1.5×): **{ratio:.2}× (rounds: {r_lo:.2} – {r_hi:.2}) — {}**. {} interleaved rounds under the UDP load of figure 2; the ratio is the median of each round's podtrace / empty. Stats are enabled with BPF_ENABLE_STATS (the file-descriptor form of `kernel.bpf_stats_enabled=1`) only while measuring.\n", verdict(ratio <= 2.0, ratio <= 1.5), k.podtrace.len()).unwrap();
+    capture_table(&mut s, &run.capture);
     agent_table(&mut s, a, &run.clock);
     reading(&mut s, run);
     s += DEVELOPMENT_NOTES;
@@ -1118,4 +1131,171 @@ fn agent_table(s: &mut String, a: &AgentFigures, clock: &Clock) {
     .unwrap();
     writeln!(s, "| 200 veths created at once → all attached | {:.0} ms |", a.attach_200_ms).unwrap();
     writeln!(s, "\nTarget: new veth traced ≤ 1 s (stretch ≤ 500 ms): **{}**. Measured from just before the CNI-like set-up starts (namespace, veth, routes, rules) to the kernel timestamp of the first packet counted; until the agent reports that packet, the pod sends one every {:.1} ms (mean).\n", verdict(med <= 1000.0, med <= 500.0), a.attach_send_interval_ms).unwrap();
+}
+
+/// The capture path's configurations (figure 3b): podtrace's programs loaded by the bench on
+/// the same six hooks, so that only the capture path differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum CaptureCfg {
+    /// Loaded without `CAPTURE_ARMED`: the verifier removes the capture path (`podtrace`,
+    /// `podtrace --pod`, `agent --no-capture`).
+    Off,
+    /// Armed, no capture running (the agent between captures): one array lookup per packet.
+    Idle,
+    /// A capture of web-2 running (every packet of the load is copied at the veth and eth1),
+    /// its ring drained by a thread.
+    On,
+}
+
+impl CaptureCfg {
+    const ALL: [CaptureCfg; 3] = [CaptureCfg::Off, CaptureCfg::Idle, CaptureCfg::On];
+    fn name(self) -> &'static str {
+        match self {
+            CaptureCfg::Off => "capture path absent (podtrace, podtrace --pod, agent --no-capture)",
+            CaptureCfg::Idle => "capture path armed, no capture running (agent)",
+            CaptureCfg::On => "capture of web-2 running (podtrace capture)",
+        }
+    }
+}
+
+/// Figure 3b: ns per run of each configuration per round, runs measured, and the programs'
+/// translated sizes.
+#[derive(Default)]
+struct CaptureCost {
+    ns: BTreeMap<CaptureCfg, Vec<f64>>,
+    runs: BTreeMap<CaptureCfg, u64>,
+    /// BPF instructions after verification (xlated), ingress + egress.
+    insns: BTreeMap<CaptureCfg, u64>,
+}
+
+/// podtrace's programs, attached by the bench, with a drain thread for a running capture.
+struct Attached {
+    _tracer: podtrace::kernel::attach::Tracer,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    drain: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(d) = self.drain.take() {
+            let _ = d.join();
+        }
+    }
+}
+
+impl Bench {
+    fn attach_capture_cfg(&self, cfg: CaptureCfg) -> Result<Attached> {
+        use podtrace::kernel::{
+            attach::{AttachMode, Tracer},
+            capture::{self, CaptureRole},
+            load::{CaptureLoad, LoadOptions},
+        };
+        let ifaces = self.ifaces.clone();
+        let pod_ip = self.lab.plan.ip_of("web-2").context("web-2's IP")?;
+        let (tracer, ring) = netns::run_in(&self.ns("node-a"), move || {
+            let capture = (cfg != CaptureCfg::Off).then_some(CaptureLoad { ring_bytes: 8 << 20 });
+            let mut t = Tracer::load(&LoadOptions { capture, ..LoadOptions::default() }, AttachMode::Auto)?;
+            let mut roles = Vec::new();
+            for (k, i) in ifaces.iter().enumerate() {
+                let idx = netlink::ifindex(i).ok_or_else(|| anyhow!("no {i}"))?;
+                t.attach(idx, i)?;
+                // ifaces[0] is web-2's veth.
+                roles.push((idx, if k == 0 { CaptureRole::PodVeth } else { CaptureRole::Node }));
+            }
+            let ring = if cfg == CaptureCfg::On {
+                capture::configure(&mut t.ebpf, &roles, &[pod_ip])?;
+                capture::set_active(&mut t.ebpf, true, 0)?;
+                Some(capture::take_ring(&mut t.ebpf)?)
+            } else {
+                None
+            };
+            Ok((t, ring))
+        })?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drain = ring.map(|mut ring| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while ring.next().is_some() {
+                        n += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                n
+            })
+        });
+        Ok(Attached { _tracer: tracer, stop, drain })
+    }
+
+    /// Translated instructions of the attached programs `ids` named like podtrace's TC programs.
+    fn xlated_insns(&self, ids: &[u32]) -> u64 {
+        let want = [listed_name(names::PROG_TC_INGRESS), listed_name(names::PROG_TC_EGRESS)];
+        // Each program is attached to three interfaces: count each once.
+        let mut seen = std::collections::BTreeSet::new();
+        aya::programs::loaded_programs()
+            .flatten()
+            .filter(|p| ids.contains(&p.id()) && p.name_as_str().is_some_and(|n| want.contains(&n)))
+            .filter(|p| seen.insert(p.id()))
+            .map(|p| p.size_translated().unwrap_or(0) as u64 / 8)
+            .sum()
+    }
+
+    /// ns per run of podtrace's programs with the capture path absent, armed and idle, and
+    /// capturing, under the UDP load of figure 2, in interleaved rounds.
+    fn capture_cost(&self) -> Result<CaptureCost> {
+        let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
+        let want = [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS];
+        let mut c = CaptureCost::default();
+        for r in 0..if self.quick { 3 } else { 11 } {
+            for k in 0..CaptureCfg::ALL.len() {
+                let cfg = CaptureCfg::ALL[(k + r) % CaptureCfg::ALL.len()];
+                let active = self.attach_capture_cfg(cfg)?;
+                let ids = self.attached_ids()?;
+                c.insns.insert(cfg, self.xlated_insns(&ids));
+                let before = self.prog_stats(&ids, &want)?;
+                self.iperf(true, if self.quick { 1 } else { 2 })?;
+                let after = self.prog_stats(&ids, &want)?;
+                drop(active);
+                let (t, n) = (after.0 - before.0, after.1 - before.1);
+                if n == 0 {
+                    bail!("{cfg:?}: podtrace's programs did not run under the UDP load");
+                }
+                c.ns.entry(cfg).or_default().push(t as f64 / n as f64);
+                *c.runs.entry(cfg).or_default() += n;
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn capture_table(s: &mut String, c: &CaptureCost) {
+    writeln!(s, "## 3b. The capture path's kernel cost per packet (`podtrace capture`)\n").unwrap();
+    writeln!(
+        s,
+        "| configuration | ns per run, median (min – max) | ratio to absent, median of rounds | runs measured | instructions after verification (ingress + egress) |\n|---|---|---|---|---|"
+    )
+    .unwrap();
+    let off = &c.ns[&CaptureCfg::Off];
+    for cfg in CaptureCfg::ALL {
+        let v = &c.ns[&cfg];
+        let (m, lo, hi) = spread(v);
+        let mut ratios: Vec<f64> = v.iter().zip(off).map(|(x, o)| x / o.max(1e-9)).collect();
+        let ratio = median(&mut ratios);
+        writeln!(
+            s,
+            "| {} | {m:.1} ({lo:.1} – {hi:.1}) | {ratio:.3} | {} | {} |",
+            cfg.name(),
+            c.runs[&cfg],
+            c.insns[&cfg]
+        )
+        .unwrap();
+    }
+    writeln!(
+        s,
+        "\n{} interleaved rounds (rotating order) under the UDP load of figure 2 (web-2 → db: web-2's veth and eth1), podtrace's programs loaded by the bench on the same six hooks in each configuration, so that only the capture path differs. Absent, the verifier removes the capture path (a load-time constant): the instruction count is what runs. Armed, an idle capture costs one array lookup per packet; capturing, every packet of the load is copied at two hooks.\n",
+        off.len()
+    )
+    .unwrap();
 }

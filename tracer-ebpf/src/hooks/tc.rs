@@ -3,7 +3,8 @@
 //! Per packet: parse, filter, add to the flow table. A busy flow's packets land in this CPU's
 //! flow-cache slot (an inlined array access); only a flow's first packets on a CPU, and flows
 //! whose slot is taken, go through the flow hash table. Only sampled packets touch the
-//! sighting table and the ring buffer.
+//! sighting table and the ring buffer. In objects loaded for a capture, `hooks::capture` then
+//! decides whether to copy the packet.
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
@@ -15,6 +16,7 @@ use aya_ebpf::{
 };
 use tracer_common::{CachedFlow, FlowKey, FlowStats, HopEvent, Sighting, counter, hook};
 
+use super::capture;
 use crate::{
     globals,
     maps::{
@@ -128,7 +130,10 @@ fn observe(ctx: &TcContext, hook: u8) {
     count(counter::PACKETS);
     let mut key_slot = MaybeUninit::<FlowKey>::uninit();
     let key = mem::zeroed(&mut key_slot);
-    let Some(p) = classify_frame(&Skb(ctx), &mut key.tuple, &mut KernelCounters) else { return };
+    let Some(p) = classify_frame(&Skb(ctx), &mut key.tuple, &mut KernelCounters) else {
+        capture::capture(ctx, hook, None, 0, false);
+        return;
+    };
     let skb = ctx.as_ptr() as *const __sk_buff;
     let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len) };
     key.ifindex = ifindex;
@@ -143,7 +148,10 @@ fn observe(ctx: &TcContext, hook: u8) {
             false
         }
         _ => {
-            let Some(new_flow) = count_in_table(key, len, p.tcp_flags) else { return };
+            let Some(new_flow) = count_in_table(key, len, p.tcp_flags) else {
+                capture::capture(ctx, hook, Some(&key.tuple), p.sig, false);
+                return;
+            };
             if let Some((index, c)) = slot {
                 take_slot_if_free(unsafe { &mut *c }, index, key);
             }
@@ -157,6 +165,7 @@ fn observe(ctx: &TcContext, hook: u8) {
     if new_flow || p.sig & globals::sample_mask() == 0 {
         sample(p.sig, unsafe { bpf_ktime_get_ns() }, key);
     }
+    capture::capture(ctx, hook, Some(&key.tuple), p.sig, new_flow);
 }
 
 /// Counts a packet in the flow's cache slot (per CPU: no other CPU writes it, no atomics).

@@ -137,4 +137,7 @@ impl Clock {
     pub fn unix_ms(&self, mono_ns: u64) -> u64 {
         ((mono_ns as i128 + self.offset_ns) / 1_000_000).max(0) as u64
     }
+    pub fn unix_ns(&self, mono_ns: u64) -> u64 {
+        (mono_ns as i128 + self.offset_ns).max(0) as u64
+    }
 }

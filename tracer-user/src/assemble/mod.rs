@@ -1,5 +1,6 @@
 //! From kernel observations and node facts to complete flows: the session pipeline, hop
 //! events, union-find over tuples, NAT naming, drops.
+pub mod capture_filter;
 pub mod community_id;
 pub mod context;
 pub mod drops;

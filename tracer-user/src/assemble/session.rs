@@ -30,7 +30,7 @@ use crate::{
         addr,
         attach::{AttachMode, Tracer},
         btf::{self, Btf},
-        load::{LoadOptions, SampleRate},
+        load::{CaptureLoad, LoadOptions, SampleRate},
         maps::{self, Counters},
         preflight,
     },
@@ -58,6 +58,8 @@ pub struct SessionOptions {
     /// Track only packets to or from these addresses (traced pods and node addresses);
     /// `None` tracks everything (the agent).
     pub filter: Option<Vec<IpAddr>>,
+    /// Load the programs able to capture (`kernel::capture`).
+    pub capture: Option<CaptureLoad>,
 }
 
 /// Losses that happen in user space, reported next to the kernel counters.
@@ -123,6 +125,7 @@ impl Session {
             layout: Some(layout),
             flow_cache_bytes: opts.flow_cache_bytes,
             cpus: None,
+            capture: opts.capture,
         };
         let mut tracer = Tracer::load(&load, opts.attach_mode)?;
         if let Some(filter) = &opts.filter {
@@ -346,6 +349,11 @@ impl Session {
         Ok(())
     }
 
+    /// The loaded object, for the capture maps (`kernel::capture`).
+    pub fn ebpf_mut(&mut self) -> &mut aya::Ebpf {
+        &mut self.tracer.ebpf
+    }
+
     /// Capacity of the kernel flow table.
     pub fn flow_table_capacity(&self) -> u32 {
         maps::flow_table_capacity(&self.tracer.ebpf)
@@ -389,8 +397,8 @@ impl Drop for Session {
     }
 }
 
-/// The hop-event ring buffer's descriptor (owned by the session), for `AsyncFd`.
-pub struct RingFd(std::os::fd::RawFd);
+/// A ring buffer's descriptor (owned by the session or a capture), for `AsyncFd`.
+pub struct RingFd(pub std::os::fd::RawFd);
 
 impl std::os::fd::AsRawFd for RingFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {

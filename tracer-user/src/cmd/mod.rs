@@ -1,5 +1,7 @@
 //! The commands: each one resolves what to trace, runs a session and reports.
 pub mod agent;
+pub mod capture;
+pub mod capture_via_agent;
 pub mod compare;
 pub mod kubectl;
 pub mod node;

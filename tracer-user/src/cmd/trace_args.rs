@@ -68,6 +68,7 @@ impl TraceArgs {
             attach_mode: self.attach_mode,
             flow_cache_bytes: self.flow_cache_bytes,
             filter: Some(filter.to_vec()),
+            capture: None,
         }
     }
 }

@@ -25,6 +25,9 @@ pub struct LoadOptions {
     /// Size the per-CPU maps for this many CPUs instead of the possible CPUs (tests: what a
     /// big node would cost).
     pub cpus: Option<u32>,
+    /// Keep the capture path (`podtrace capture`, the agent's `/capture`); `None` lets the
+    /// verifier remove it, and its maps take no memory.
+    pub capture: Option<CaptureLoad>,
 }
 
 /// The flow cache's default budget over all CPUs.
@@ -38,6 +41,17 @@ pub fn flow_cache_slots(cpus: u32, budget_bytes: u64) -> u32 {
     (pow2.min(FLOW_CACHE_MAX_SLOTS as u64) as u32).max(FLOW_CACHE_MIN_SLOTS)
 }
 
+/// How an object that can capture is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureLoad {
+    /// Size of the copies' ring buffer (a power of two, at least a page).
+    pub ring_bytes: u32,
+}
+
+impl CaptureLoad {
+    pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+}
+
 impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
@@ -47,6 +61,7 @@ impl Default for LoadOptions {
             layout: None,
             flow_cache_bytes: DEFAULT_FLOW_CACHE_BYTES,
             cpus: None,
+            capture: None,
         }
     }
 }
@@ -61,17 +76,33 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         None => super::maps::possible_cpus()? as u32,
     };
     let slots = flow_cache_slots(cpus, opts.flow_cache_bytes);
-    EbpfLoader::new()
-        .override_global(globals::SAMPLE_MASK, &opts.sample_rate.mask(), true)
+    let armed: u8 = opts.capture.is_some().into();
+    let mask = opts.sample_rate.mask();
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global(globals::SAMPLE_MASK, &mask, true)
         .override_global(globals::FILTER_ON, &filter_on, true)
         .override_global(globals::SIGHTING_MAX_AGE_NS, &max_age_ns, true)
         .override_global(globals::LAYOUT, &layout, true)
+        .override_global(globals::CAPTURE_ARMED, &armed, true)
         .map_max_entries(names::MAP_FLOWS, opts.max_flows.max(1))
         .override_global(globals::FLOW_CACHE_SLOTS, &slots, true)
         .map_max_entries(names::MAP_FLOW_CACHE, cpus * slots)
-        .map_max_entries(names::MAP_FLOW_CACHE_USED, cpus * slots / tracer_common::FLOW_CACHE_SLOTS_PER_WORD)
-        .load(OBJECT)
-        .map_err(|e| {
+        .map_max_entries(names::MAP_FLOW_CACHE_USED, cpus * slots / tracer_common::FLOW_CACHE_SLOTS_PER_WORD);
+    match opts.capture {
+        Some(c) => {
+            loader
+                .map_max_entries(names::MAP_CAPTURE_RING, c.ring_bytes)
+                .map_max_entries(names::MAP_CAPTURE_SCRATCH, cpus);
+        }
+        // The capture path is gone: its maps shrink to one entry (the ring to one page).
+        None => {
+            for map in [names::MAP_CAPTURE_TUPLES, names::MAP_CAPTURE_SIGHTINGS, names::MAP_CAPTURE_STASH] {
+                loader.map_max_entries(map, 1);
+            }
+        }
+    }
+    loader.load(OBJECT).map_err(|e| {
             let hint = match os_error(&e) {
                 Some(libc::EPERM) | Some(libc::EACCES) => " (needs root or CAP_BPF+CAP_PERFMON)".to_string(),
                 // Map memory is charged to the memory cgroup: a container limit below it fails here.
@@ -118,10 +149,18 @@ pub fn flow_table_bytes(max_flows: u32, cpus: usize) -> u64 {
 /// sightings (8192 × 72 B) and the drop and retransmission values (8192 × 24 B) stay under
 /// 1 MiB; the hop ring (1 MiB), the drop and retransmission hash elements, the address filter
 /// and the counters under 4 MiB; the flow cache takes its slots (see [`flow_cache_slots`]) and
-/// a bit each for occupancy. Sizes as declared in tracer-ebpf/src/maps.rs.
-pub fn other_maps_bytes(cpus: usize, flow_cache_bytes: u64) -> u64 {
+/// a bit each for occupancy; an armed capture path its ring, and per CPU a record of the
+/// largest snaplen, 64 stashed copies of 2 KiB and 4096 sightings (under 512 KiB), and the
+/// 65 536 NAT'd tuples (under 8 MiB). Sizes as declared in tracer-ebpf/src/maps.rs and
+/// hooks/capture.rs.
+pub fn other_maps_bytes(cpus: usize, flow_cache_bytes: u64, capture: Option<CaptureLoad>) -> u64 {
     let cache_slots = cpus as u64 * flow_cache_slots(cpus as u32, flow_cache_bytes) as u64;
-    cpus as u64 * (1 << 20) + (4 << 20) + cache_slots * size_of::<CachedFlow>() as u64 + cache_slots / 8
+    let capture = capture.map_or(0, |c| c.ring_bytes as u64 + cpus as u64 * (512 << 10) + (8 << 20));
+    cpus as u64 * (1 << 20)
+        + (4 << 20)
+        + cache_slots * size_of::<CachedFlow>() as u64
+        + cache_slots / 8
+        + capture
 }
 
 /// Most kernel memory a flow table may take (`--max-flows`): beyond it the table is refused

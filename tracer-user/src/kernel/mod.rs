@@ -4,6 +4,7 @@ pub mod addr;
 pub mod attach;
 pub mod batch;
 pub mod btf;
+pub mod capture;
 pub mod flow_cache;
 pub mod leftovers;
 pub mod load;

@@ -1,7 +1,7 @@
 //! The agent's read-only HTTP API: `GET /flows`, `GET /node`, `GET /metrics`, `GET /healthz`.
 //! Served on a unix socket (mode 0600) and, only when asked, on a TCP address (see
-//! `listener` for the connection limits). No endpoint changes anything, attaches programs or
-//! reads packet payloads.
+//! `listener` for the connection limits). No endpoint changes anything or attaches programs;
+//! only `/capture` (unix socket only, see `capture_route`) reads packet payloads.
 use std::sync::{
     Arc,
     atomic::{AtomicBool, AtomicU64, Ordering},

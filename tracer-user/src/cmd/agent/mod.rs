@@ -8,6 +8,7 @@
 //! buffers are capped.
 pub mod api;
 pub mod auth;
+pub mod capture_route;
 pub mod client;
 pub mod export_rounds;
 pub mod flows;
@@ -42,7 +43,7 @@ use crate::{
     kernel::{
         attach::AttachMode,
         leftovers,
-        load::{self, SampleRate},
+        load::{self, CaptureLoad, SampleRate},
         preflight,
     },
     node::{inventory::Inventory, link_events, pod_source, rules::Ruleset},
@@ -99,6 +100,10 @@ pub struct AgentArgs {
     /// (many flows), so that polling never takes more than 10 % of a core.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
+    /// Load the programs without their capture path: no `GET /capture`, and not even the one
+    /// array lookup per packet an idle capture path costs.
+    #[arg(long)]
+    pub no_capture: bool,
     /// Safety net: full re-scan of links and rules this often.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub reconcile_interval: Duration,
@@ -118,10 +123,16 @@ pub fn user_space_budget(max_tracked_flows: u32) -> u64 {
 
 /// Everything the agent's memory cgroup is charged with on a node of `cpus` CPUs: user space
 /// and the kernel maps (created by the agent, so charged to its container).
-pub fn memory_budget(max_tracked_flows: u32, max_flows: u32, flow_cache_bytes: u64, cpus: usize) -> u64 {
+pub fn memory_budget(
+    max_tracked_flows: u32,
+    max_flows: u32,
+    flow_cache_bytes: u64,
+    capture: Option<CaptureLoad>,
+    cpus: usize,
+) -> u64 {
     user_space_budget(max_tracked_flows)
         + load::flow_table_bytes(max_flows, cpus)
-        + load::other_maps_bytes(cpus, flow_cache_bytes)
+        + load::other_maps_bytes(cpus, flow_cache_bytes, capture)
 }
 
 /// A `GET /flows` asking the agent loop, which owns the data flows are built from, for a view
@@ -209,6 +220,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         attach_mode: args.attach_mode,
         flow_cache_bytes: args.flow_cache_bytes,
         filter: None,
+        capture: (!args.no_capture).then_some(CaptureLoad { ring_bytes: CaptureLoad::DEFAULT_RING_BYTES }),
     };
     let session = Session::load(&opts)?;
     leftovers::clean(&tracker::wanted_links(&inv));
@@ -235,6 +247,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         state.write().expect("state").export = Some(e.counters.clone());
         agent.export = Some(export_rounds::ExportRounds::new(e));
     }
+    let (mut captures, mut capture_rx) = capture_route::Captures::new(&mut agent, !args.no_capture)?;
+    let mut capture_tick = tokio::time::interval(Duration::from_millis(100));
     agent.reconcile()?;
     // A first snapshot before the API answers: /healthz is true from the first request on.
     agent.poll()?;
@@ -246,7 +260,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let node = node_api::NodeSource { enis: args.enis.clone(), cache: agent.cache.clone() };
     let api_state = api::ApiState::new(state.clone(), views_tx, node);
     let app = api::router(api_state.clone());
-    tokio::spawn(listener::serve(listeners.unix, app.clone(), cap, api_state.counters.unix.clone()));
+    // Packet payloads (`/capture`) only on the unix socket.
+    let unix_app = app.clone().merge(capture_route::router());
+    tokio::spawn(listener::serve(listeners.unix, unix_app, cap, api_state.counters.unix.clone()));
     if let Some(tcp) = listeners.tcp {
         let counters = api_state.counters.tcp.clone();
         match &protection {
@@ -282,6 +298,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
             Some(req) = views_rx.recv() => {
                 let _ = req.reply.send(agent.view());
             }
+            Some(req) = capture_rx.recv() => captures.start(&mut agent, req),
+            _ = capture_tick.tick(), if captures.running() => captures.tick(&mut agent),
             Some(ev) = link_events.recv() => {
                 // Take every event already queued: a burst of new pods is attached together.
                 let mut batch = vec![ev];
