@@ -133,21 +133,32 @@ impl Finished {
 
 /// Starts `podtrace ARGS` in `ns` (via `ip netns exec`) and waits until it says it is tracing.
 pub fn start_podtrace(ns: &str, args: &[&str]) -> Result<Running> {
-    spawn_podtrace(ns, &[], args, &[])
+    spawn_podtrace(ns, &[], args, &[], std::process::Stdio::piped())
 }
 
 /// `start_podtrace` with environment variables (KUBECONFIG, OTEL_EXPORTER_OTLP_*).
 pub fn start_podtrace_with(ns: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Running> {
-    spawn_podtrace(ns, &[], args, env)
+    spawn_podtrace(ns, &[], args, env, std::process::Stdio::piped())
+}
+
+/// As [`start_podtrace`], stdout going to `stdout` (a file a test reads while podtrace runs).
+pub fn start_podtrace_to(ns: &str, args: &[&str], stdout: std::process::Stdio) -> Result<Running> {
+    spawn_podtrace(ns, &[], args, &[], stdout)
 }
 
 /// As [`start_podtrace`], with podtrace run by `wrapper` (e.g. `["prlimit", "--nofile=64"]`,
 /// `["unshare", "--pid", "--fork", "--mount-proc"]`) inside the namespace.
 pub fn start_podtrace_via(ns: &str, wrapper: &[&str], args: &[&str]) -> Result<Running> {
-    spawn_podtrace(ns, wrapper, args, &[])
+    spawn_podtrace(ns, wrapper, args, &[], std::process::Stdio::piped())
 }
 
-fn spawn_podtrace(ns: &str, wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Result<Running> {
+fn spawn_podtrace(
+    ns: &str,
+    wrapper: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdout: std::process::Stdio,
+) -> Result<Running> {
     use std::io::BufRead;
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", ns])
@@ -155,7 +166,7 @@ fn spawn_podtrace(ns: &str, wrapper: &[&str], args: &[&str], env: &[(&str, &str)
         .arg(podtrace_bin())
         .args(args)
         .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
+        .stdout(stdout)
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     let err = child.stderr.take().expect("stderr");

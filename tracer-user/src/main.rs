@@ -2,7 +2,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use podtrace::cmd::{self, trace, trace_args::TraceArgs};
+use podtrace::cmd::{self, trace, trace_args::TraceCommand};
 
 /// Shows, for every flow of a Kubernetes pod, the path its packets take through this node:
 /// pod veth -> which ENI -> out, and where SNAT/DNAT rewrote them.
@@ -15,7 +15,7 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     #[command(flatten)]
-    trace: TraceArgs,
+    trace: TraceCommand,
     /// Log details to stderr (repeat for more).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Trace the flows of pods on this node (the default command).
-    Trace(TraceArgs),
+    Trace(TraceCommand),
     /// The node's ENIs, the pod IPs each carries, IP capacity and routing health checks.
     Node(cmd::node::NodeArgs),
     /// NodePort (target-type instance) vs pod IP (target-type ip), measured side by side.

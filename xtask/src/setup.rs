@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// Tool binary → Debian package.
-const PACKAGES: [(&str, &str); 11] = [
+const PACKAGES: [(&str, &str); 12] = [
     ("ip", "iproute2"),
     ("iptables", "iptables"),
     ("ip6tables", "iptables"),
@@ -31,6 +31,8 @@ const PACKAGES: [(&str, &str); 11] = [
     ("tcpdump", "tcpdump"),
     // `kubectl plugin list` finds kubectl-podtrace (tests/tests/cluster.rs).
     ("kubectl", "kubectl"),
+    // The live view's test drives it in a real pseudo-terminal.
+    ("tmux", "tmux"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

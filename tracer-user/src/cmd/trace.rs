@@ -1,29 +1,36 @@
 //! `podtrace [trace] --pod NAME`: resolve pods to veths and ENIs, attach, follow, report.
-use std::{
-    io::{IsTerminal, Write},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::{
     targets::{Targets, resolve_targets, select_pods},
-    trace_args::TraceArgs,
+    trace_args::{TraceArgs, TraceCommand, ViewArgs},
 };
 use crate::{
-    assemble::session::{Session, Wake},
+    assemble::{
+        model::Flow,
+        session::{Session, Snapshot, Wake},
+    },
     kernel::{load, preflight},
     node::inventory::Inventory,
     report::{
-        json::FlowReport,
+        diagram::NodePicture,
+        group::GroupBy,
+        live::{DiagramFiles, LiveOptions, LiveOutput},
         summary::Summary,
-        table::{self, Format, Style},
+        table::{Format, Style},
+        tui::{self, Control},
     },
 };
 
 /// The whole `podtrace trace` command.
-pub async fn run(args: TraceArgs) -> Result<()> {
+pub async fn run(cmd: TraceCommand) -> Result<()> {
+    let TraceCommand { trace: args, view } = cmd;
     if let Some(sock) = &args.agent {
+        if view.group_by == Some(GroupBy::Path) || view.html.is_some() || view.svg.is_some() {
+            bail!("--group-by path, --html and --svg need a local trace (not --agent)");
+        }
         return super::via_agent::trace(sock, &args).await;
     }
     load::check_flow_table(args.max_flows)?;
@@ -32,44 +39,68 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let pods = select_pods(&args).await?;
     let inv = Inventory::read(&args.enis)?;
     let targets = resolve_targets(&inv, &pods, false)?;
+    let picture = NodePicture::read(&inv, &targets.pods);
     let mut session = Session::start(&args.session(&targets.filter), &targets.attach)?;
     for hook in session.blind_hooks() {
         eprintln!("warning: {hook}");
     }
     let kept = preflight::drop_capabilities().context("dropping capabilities after attaching")?;
     log::debug!("capabilities kept after attaching: {kept:?}");
-    follow(&mut session, &targets, &args).await
+    let diagram = DiagramFiles { html: view.html.clone(), svg: view.svg.clone(), node: picture };
+    follow(&mut session, &targets, &args, &view, diagram).await
 }
 
-/// Reports of every flow of the targets' pods in this snapshot.
-fn reports(
-    session: &mut Session,
-    t: &Targets,
-) -> Result<(Vec<FlowReport>, crate::assemble::session::Snapshot)> {
+/// Every flow of the targets' pods in a fresh snapshot.
+fn snapshot(session: &mut Session, t: &Targets) -> Result<(Vec<Flow>, Snapshot)> {
     let snap = session.poll()?;
     let flows = session.flows(&snap, &t.ctx, &t.pods);
-    Ok((flows.iter().map(FlowReport::from).collect(), snap))
+    Ok((flows, snap))
 }
 
-async fn follow(session: &mut Session, t: &Targets, args: &TraceArgs) -> Result<()> {
-    let style = Style::detect();
-    let live = args.output == Format::Table && std::io::stdout().is_terminal();
-    let title = format!(
-        "podtrace: tracing {} on {}",
-        t.pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
-        t.attach.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ")
-    );
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn follow(
+    session: &mut Session,
+    t: &Targets,
+    args: &TraceArgs,
+    view: &ViewArgs,
+    diagram: DiagramFiles,
+) -> Result<()> {
+    let pods = t.pods.iter().map(|p| format!("{}/{}", p.namespace, p.name)).collect::<Vec<_>>().join(", ");
+    let interfaces = t.attach.iter().map(|(_, n)| n.as_str()).collect::<Vec<_>>().join(", ");
+    let names = t.pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
     // Signals are handled from here on: the readiness line below must not race them.
     let mut events = session.events(Some(Duration::from_millis(100)))?;
     // Also the readiness signal for scripts: everything is attached from here on.
-    eprintln!("{title} (Ctrl-C to stop)");
+    eprintln!("podtrace: tracing {names} on {interfaces} (Ctrl-C to stop)");
+    let group_by = view.group_by.unwrap_or(match args.output {
+        Format::Json => GroupBy::Flow,
+        Format::Table => GroupBy::Path,
+    });
+    let mut out = LiveOutput::start(LiveOptions {
+        format: args.output,
+        group_by,
+        interval: args.interval,
+        pods,
+        interfaces,
+        start_ms: unix_ms(),
+        diagram,
+    })?;
     let start = Instant::now();
     let deadline = args.duration.and_then(|d| start.checked_add(d));
-    let (mut last_poll, mut last_json) = (start, start);
+    let mut last_poll = start;
     let mut vanished = Vec::new();
-    let mut stdout = std::io::stdout();
     loop {
-        match events.next().await {
+        let wake = tokio::select! {
+            wake = events.next() => wake,
+            input = out.next_input() => match input? {
+                Control::Quit => Wake::Stop,
+                Control::Continue => continue,
+            },
+        };
+        match wake {
             Wake::Stop => break,
             // Hop events are drained as soon as the kernel signals them, not on a timer.
             Wake::Hops => {
@@ -85,35 +116,22 @@ async fn follow(session: &mut Session, t: &Targets, args: &TraceArgs) -> Result<
         if now.duration_since(last_poll) >= Duration::from_secs(1) {
             last_poll = now;
             for name in session.prune_vanished() {
-                eprintln!("warning: interface {name} disappeared; still tracing the others");
+                out.note(format!("warning: interface {name} disappeared; still tracing the others"))?;
                 vanished.push(name);
             }
-            let periodic_json = args.output == Format::Json
-                && !args.interval.is_zero()
-                && now.duration_since(last_json) >= args.interval;
-            if live || periodic_json {
-                let (flows, _) = reports(session, t)?;
-                if live {
-                    table::live_table(&mut stdout, &title, &flows, style)?;
-                } else {
-                    last_json = now;
-                    table::json_lines(&mut stdout, &flows)?;
-                }
+            if out.due(now) {
+                let (flows, snap) = snapshot(session, t)?;
+                out.refresh(&flows, tui::losses(&snap.counters, &session.user), unix_ms())?;
             }
         }
     }
     drop(events);
-    let (flows, snap) = reports(session, t)?;
-    match args.output {
-        Format::Json => table::json_lines(&mut stdout, &flows)?,
-        Format::Table if live => table::live_table(&mut stdout, &title, &flows, style)?,
-        Format::Table => table::table(&mut stdout, &flows, style)?,
-    }
-    stdout.flush()?;
+    let (flows, snap) = snapshot(session, t)?;
+    out.finish(&flows, unix_ms())?;
     let summary = Summary::new(flows.len(), session, &snap, vanished, &t.ctx.rules);
     match args.output {
         Format::Json => eprintln!("podtrace summary: {}", serde_json::to_string(&summary)?),
-        Format::Table => eprintln!("{}", summary.text(style)),
+        Format::Table => eprintln!("{}", summary.text(Style::detect())),
     }
     Ok(())
 }

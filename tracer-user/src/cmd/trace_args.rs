@@ -7,7 +7,7 @@ use super::options::{parse_bytes, parse_duration, parse_duration_or_zero};
 use crate::{
     assemble::session::SessionOptions,
     kernel::{attach::AttachMode, load::SampleRate},
-    report::table::Format,
+    report::{group::GroupBy, table::Format},
 };
 
 /// Options shared by `trace` and `compare`.
@@ -53,7 +53,7 @@ pub struct TraceArgs {
     /// Read flows from a running `podtrace agent` (its unix socket) instead of attaching.
     #[arg(long, value_name = "SOCKET")]
     pub agent: Option<PathBuf>,
-    /// With `-o json`: also print all flows every INTERVAL while running (0 = only at the end).
+    /// Without the live view: also print every INTERVAL while running (0 = only at the end).
     #[arg(long, default_value = "0", value_parser = parse_duration_or_zero)]
     pub interval: Duration,
 }
@@ -71,4 +71,28 @@ impl TraceArgs {
             capture: None,
         }
     }
+}
+
+/// How `trace` shows its flows (`compare` draws its own charts).
+#[derive(Args, Clone, Debug)]
+pub struct ViewArgs {
+    /// One row per distinct path through the node, or per flow. Default: path for the table
+    /// and live view, flow for `-o json` (its contract).
+    #[arg(long, value_enum, value_name = "path|flow")]
+    pub group_by: Option<GroupBy>,
+    /// When the trace ends, write the path diagram as a self-contained HTML page.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+    /// When the trace ends, write the path diagram as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
+}
+
+/// `podtrace [trace]`'s arguments.
+#[derive(Args, Clone, Debug)]
+pub struct TraceCommand {
+    #[command(flatten)]
+    pub trace: TraceArgs,
+    #[command(flatten)]
+    pub view: ViewArgs,
 }

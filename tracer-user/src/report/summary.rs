@@ -8,6 +8,9 @@ use crate::{
     node::rules::{BackendRead, Ruleset, backends_text},
 };
 
+/// Kernel counters of traffic podtrace could not record: red when non-zero.
+pub const KERNEL_LOSSES: [&str; 4] = ["flow_map_full", "ringbuf_full", "samples_dropped", "drop_map_full"];
+
 #[derive(Serialize)]
 pub struct Summary {
     pub flows: usize,
@@ -44,14 +47,13 @@ impl Summary {
     }
 
     pub fn text(&self, style: Style) -> String {
-        let losses = ["flow_map_full", "ringbuf_full", "samples_dropped", "drop_map_full"];
         let mut s = format!("{} flows on {}\n", self.flows, self.interfaces.join(", "));
         let parts: Vec<String> = self
             .counters
             .iter()
             .map(|(k, v)| {
                 let t = format!("{k}={v}");
-                if losses.contains(k) && *v > 0 { style.bad(&t) } else { t }
+                if KERNEL_LOSSES.contains(k) && *v > 0 { style.bad(&t) } else { t }
             })
             .collect();
         s += &format!("counters: {}\n", parts.join(" "));
