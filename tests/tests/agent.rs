@@ -74,9 +74,15 @@ fn agent_follows_pod_churn_serves_flows_and_metrics_and_leaks_nothing() -> Resul
     assert_eq!(f.eni.as_deref(), Some("eth0"));
     assert_eq!(f.path[0].ifname, pod.pod.veth);
 
-    // Metrics parse as Prometheus text and count exactly the 20 + 20 packets sent.
-    let (code, text) = agent_get(&sock, "GET", "/metrics")?;
-    assert_eq!(code, 200);
+    // Metrics parse as Prometheus text and count exactly the 20 + 20 packets sent, once a
+    // poll has begun after the last echo (the flow may first show from a poll mid-stream).
+    let polls_now = |text: &str| metric(text, "podtrace_agent_events_total", &[("name", "polls")]);
+    let after_stream = polls_now(&agent_get(&sock, "GET", "/metrics")?.1)?;
+    let (text, _) = wait_for("two polls after the stream", Duration::from_secs(5), || {
+        let (code, text) = agent_get(&sock, "GET", "/metrics")?;
+        assert_eq!(code, 200);
+        Ok((polls_now(&text)? >= after_stream + 2.0).then_some(text))
+    })?;
     assert_eq!(metric(&text, "podtrace_packets_total", &[("pod", &ip), ("eni", "eth0")])?, 40.0, "{text}");
     assert_eq!(metric(&text, "podtrace_flows", &[("pod", &ip)])?, 1.0);
     assert_eq!(metric(&text, "podtrace_kernel_events_total", &[("name", "flow_map_full")])?, 0.0);

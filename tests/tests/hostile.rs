@@ -116,20 +116,34 @@ fn healthz_within_1s(sock: &Path, when: &str) -> Result<()> {
     Ok(())
 }
 
-fn polls(sock: &Path) -> Result<f64> {
+fn polls(sock: &Path) -> Result<(f64, Duration)> {
     let (_, text) = get_unix(sock, "/metrics", Duration::from_secs(5))?;
-    metric(&text, "podtrace_agent_events_total", &[("name", "polls")])
+    let polls = metric(&text, "podtrace_agent_events_total", &[("name", "polls")])?;
+    // The agent stretches its interval while polls are long (a tenth of a core at most): a
+    // wait for polls follows the interval and poll time it publishes, not a fixed guess.
+    let interval = metric(&text, "podtrace_poll_interval_seconds", &[])?;
+    let took = metric(&text, "podtrace_poll_seconds", &[])?;
+    Ok((polls, Duration::from_secs_f64(interval + took)))
 }
 
 /// Waits until the agent has polled twice more (the second poll began after now).
 fn two_more_polls(sock: &Path) -> Result<()> {
-    let start = polls(sock)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while polls(sock)? < start + 2.0 {
-        ensure!(Instant::now() < deadline, "the agent stopped polling");
+    let (start, _) = polls(sock)?;
+    let t = Instant::now();
+    loop {
+        let (now, period) = polls(sock)?;
+        if now >= start + 2.0 {
+            return Ok(());
+        }
+        // Three of the agent's current periods, and 10 s for a loaded machine.
+        let bound = period * 3 + Duration::from_secs(10);
+        ensure!(
+            t.elapsed() < bound,
+            "the agent stopped polling: {now} polls after {:?} (period {period:?})",
+            t.elapsed()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
 }
 
 /// Runs podtrace in `ns` to completion, killed (and the test failed) if it is still running
@@ -254,6 +268,14 @@ fn raise_own_fd_limit(n: u64) -> Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
+}
+
+/// Tests that hold thousands of sockets share this process's open-file limit: they take
+/// turns, or one starves the other (EMFILE in the middle of an attack).
+static FD_HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn fd_heavy_turn() -> std::sync::MutexGuard<'static, ()> {
+    FD_HEAVY.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn fd_count(pid: u32) -> usize {
@@ -381,6 +403,7 @@ fn a_repeated_query_parameter_is_refused() -> Result<()> {
 /// failed on both listeners and polling failed ("Too many open files").
 #[test]
 fn idle_connections_cannot_exhaust_the_agents_descriptors() -> Result<()> {
+    let _turn = fd_heavy_turn();
     let lab = lab("hidle", |_| {})?;
     let sock = default_sock(&lab);
     // A limit the agent cannot raise: the connection cap must keep within it.
@@ -396,7 +419,8 @@ fn idle_connections_cannot_exhaust_the_agents_descriptors() -> Result<()> {
         slow.push(s);
     }
     // 21 000 as in the issue, or as many as this process may open (above the agent's 8192).
-    let n = raise_own_fd_limit(21_300)?.saturating_sub(300).min(21_000);
+    // The margin is for the tests running beside this one (labs, pipes, sockets).
+    let n = raise_own_fd_limit(22_000)?.saturating_sub(1_000).min(21_000);
     assert!(n > 10_000, "room for {n} connections only");
     let conns = in_ns(&lab, "node-a", || {
         let mut v = Vec::new();
@@ -450,6 +474,7 @@ fn idle_connections_cannot_exhaust_the_agents_descriptors() -> Result<()> {
 /// 500 slowloris connections (1 byte / 3 s): none was ever closed.
 #[test]
 fn slowloris_connections_are_closed() -> Result<()> {
+    let _turn = fd_heavy_turn();
     let lab = lab("hslow", |_| {})?;
     let sock = default_sock(&lab);
     let _agent = agent(&lab, &[], &sock, &["--listen", "127.0.0.1:19302"])?;
