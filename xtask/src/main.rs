@@ -50,6 +50,13 @@ enum Cmd {
         /// Print the report only; leave BENCHMARKS.md alone.
         #[arg(long)]
         no_write: bool,
+        /// Exit non-zero when a target is missed by more than the run's own spread.
+        #[arg(long)]
+        check: bool,
+        /// Measure one figure only, print it, write nothing: kernel-cost, capture-cost,
+        /// agent or poll-cost.
+        #[arg(long, value_name = "FIGURE", value_parser = ["kernel-cost", "capture-cost", "agent", "poll-cost"])]
+        only: Option<String>,
     },
     /// The namespace lab: a two-node EKS datapath (see `cargo xtask lab --help`).
     Lab {
@@ -77,9 +84,9 @@ fn run(cli: Cli) -> Result<()> {
             setup::run(true)?;
             compare::run(etp, requests)
         }
-        Cmd::Bench { quick, no_write } => {
+        Cmd::Bench { quick, no_write, check, only } => {
             setup::run(true)?;
-            bench(quick, no_write)
+            bench(quick, no_write, check, only.as_deref())
         }
         Cmd::Demo => {
             setup::run(true)?;
@@ -109,7 +116,7 @@ fn test(extra: &[String]) -> Result<()> {
     cargo(&args)
 }
 
-fn bench(quick: bool, no_write: bool) -> Result<()> {
+fn bench(quick: bool, no_write: bool, check: bool, only: Option<&str>) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmarks load eBPF programs and build network namespaces: run as root");
     }
@@ -135,8 +142,17 @@ fn bench(quick: bool, no_write: bool) -> Result<()> {
     if quick {
         cmd.arg("--quick");
     }
-    if !no_write {
-        cmd.arg("--out").arg(root.join("BENCHMARKS.md"));
+    if check {
+        cmd.arg("--check");
+    }
+    match only {
+        Some(figure) => {
+            cmd.arg(format!("--{figure}-only"));
+        }
+        None if !no_write => {
+            cmd.arg("--out").arg(root.join("BENCHMARKS.md"));
+        }
+        None => {}
     }
     let status = cmd.status().context("running the benchmarks")?;
     if !status.success() {

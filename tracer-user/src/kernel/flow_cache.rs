@@ -97,6 +97,7 @@ impl FlowCache {
     /// The taken slots with their indexes, and what reading them cost.
     pub fn occupied(&self) -> (Vec<(u32, CachedFlow)>, ReadCost) {
         let mut out = Vec::new();
+        let mut read = 0;
         for w in 0..self.used.entries {
             let mut bits = self.word(w).load(Ordering::Acquire);
             while bits != 0 {
@@ -108,6 +109,7 @@ impl FlowCache {
                 // SAFETY: a slot inside the mapping; the kernel may be counting in it on its
                 // CPU, so the read is volatile (every field only grows until the slot is freed).
                 let slot = unsafe { std::ptr::read_volatile(self.slot_ptr(index)) };
+                read += 1;
                 // A bit can outlive its slot's flow for a moment (freed, not yet retaken).
                 if slot.key.ifindex != 0 && slot.packets > 0 {
                     out.push((index, slot));
@@ -116,7 +118,9 @@ impl FlowCache {
         }
         let cost = ReadCost {
             bitmap_bytes: self.used.entries as usize * size_of::<u64>(),
-            slot_bytes: out.len() * size_of::<CachedFlow>(),
+            // Every slot whose bit is set is read, also one still empty (taken by a flow's
+            // first packet, which the table counted) or freed under the bit.
+            slot_bytes: read * size_of::<CachedFlow>(),
         };
         (out, cost)
     }
