@@ -353,10 +353,11 @@ fn the_agent_streams_a_capture_over_its_unix_socket_only_and_bounded() -> Result
     });
     let out = run_podtrace(
         &node,
+        // The form: the agent's socket first, as for `podtrace --agent SOCK --pod …`.
         &[
-            "capture",
             "--agent",
             sock.to_str().unwrap(),
+            "capture",
             "--pod",
             "web-2",
             "--duration",

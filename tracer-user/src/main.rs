@@ -54,8 +54,27 @@ fn one_line(e: &clap::Error) -> String {
     lines.join(" ")
 }
 
+/// `podtrace --agent SOCK capture …` (the agent's socket first, as for `podtrace --agent SOCK
+/// --pod …`) is `podtrace capture --agent SOCK …`: the option moves behind the subcommand that
+/// takes it, since clap does not let the default command's options precede a subcommand.
+fn agent_before_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const TAKE_AGENT: [&str; 2] = ["capture", "trace"];
+    let is_sub =
+        |a: Option<&std::ffi::OsString>| a.and_then(|a| a.to_str()).is_some_and(|a| TAKE_AGENT.contains(&a));
+    let width = match args.get(1).and_then(|a| a.to_str()) {
+        Some("--agent") if args.len() > 3 => 2,
+        Some(a) if a.starts_with("--agent=") => 1,
+        _ => return args,
+    };
+    if is_sub(args.get(1 + width)) {
+        let sub = args.remove(1 + width);
+        args.insert(1, sub);
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(agent_before_subcommand(std::env::args_os().collect())) {
         Ok(c) => c,
         Err(e)
             if matches!(
@@ -110,6 +129,39 @@ fn main() -> ExitCode {
             // One line: the chain of causes joined, never a backtrace.
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agent_before_subcommand;
+
+    fn moved(args: &[&str]) -> Vec<String> {
+        agent_before_subcommand(args.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_agent_socket_may_come_before_the_capture_subcommand() {
+        assert_eq!(
+            moved(&["podtrace", "--agent", "/s", "capture", "--pod", "w"]),
+            ["podtrace", "capture", "--agent", "/s", "--pod", "w"]
+        );
+        assert_eq!(
+            moved(&["podtrace", "--agent=/s", "capture", "-w", "-"]),
+            ["podtrace", "capture", "--agent=/s", "-w", "-"]
+        );
+        // Left alone: the default command, other subcommands, and a socket named like one.
+        for args in [
+            &["podtrace", "--agent", "/s", "--pod", "w"][..],
+            &["podtrace", "--agent", "/s", "node"],
+            &["podtrace", "--agent", "capture"],
+            &["podtrace", "capture", "--agent", "/s"],
+        ] {
+            assert_eq!(moved(args), args, "{args:?}");
         }
     }
 }
