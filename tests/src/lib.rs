@@ -9,6 +9,7 @@ use xtask::netns;
 /// Frame builders (and the malformed-packet table), shared with tracer-ebpf's host tests.
 pub use test_frames as packets;
 
+pub mod flood;
 pub mod kube_stand_in;
 pub mod otlp_receiver;
 

@@ -370,7 +370,7 @@ fn flows_api_memory_stays_inside_the_daemonset_limit_with_ten_slow_clients() -> 
     let hwm = status_kb(pid, "VmHWM:")? << 10;
     assert!(hwm < limit, "agent peak RSS {} MiB >= the DaemonSet's {} MiB", hwm >> 20, limit >> 20);
     eprintln!("agent peak RSS with 50 000 flows and 10 slow clients: {} MiB", hwm >> 20);
-    let budget = podtrace::cmd::agent::user_space_budget(60_000);
+    let budget = podtrace::cmd::agent::user_space_budget(60_000, 262_144);
     assert!(hwm <= budget, "{} MiB over the documented budget of {} MiB", hwm >> 20, budget >> 20);
     drop(slow);
     // An unpaged request streams them all.
@@ -398,6 +398,43 @@ fn a_repeated_query_parameter_is_refused() -> Result<()> {
 
 // ---------------------------------------------------------------------------------------------
 // Connections
+
+/// A SYN flood through the lab (200 000 distinct flows, each SYN and db's RST crossing two
+/// traced hooks) fills the kernel table and node-a's conntrack: the agent, run with the
+/// DaemonSet's bounds, stays alive, counts what it could not keep, and its peak stays inside the
+/// user-space budget the DaemonSet's memory limit is computed from (234 MiB here once, against
+/// a budget that did not count the kernel table's share of a poll: an OOM kill on a node).
+#[test]
+fn a_syn_flood_keeps_the_agent_inside_its_memory_budget() -> Result<()> {
+    const SYNS: u32 = 200_000;
+    let lab = lab("hsyn", |_| {})?;
+    let sock = default_sock(&lab);
+    let bounds = ["--max-tracked-flows", "50000", "--max-flows", "262144", "--sample-rate", "64"];
+    let running = agent(&lab, &[], &sock, &bounds)?;
+    let pid = running.pid();
+    let packets = |text: &str| metric(text, "podtrace_kernel_events_total", &[("name", "packets")]);
+    let before = packets(&get_unix(&sock, "/metrics", Duration::from_secs(5))?.1)?;
+    let (web2, db) = (lab.plan.pod("web-2").unwrap().ip, lab.plan.host("db").unwrap().ip);
+    tests::flood::send_syns(&lab.ns("web-2"), web2, db, SYNS)?;
+    // Every SYN crosses web-2's veth before anything on the node can drop it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while packets(&get_unix(&sock, "/metrics", Duration::from_secs(10))?.1)? < before + SYNS as f64 {
+        ensure!(Instant::now() < deadline, "the agent did not count the flood's SYNs within 2 minutes");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    two_more_polls(&sock)?;
+    healthz_within_1s(&sock, "after the flood")?;
+    let (_, text) = get_unix(&sock, "/metrics", Duration::from_secs(5))?;
+    let full = metric(&text, "podtrace_kernel_events_total", &[("name", "flow_map_full")])?;
+    assert!(full > 0.0, "the flood did not fill the 262 144-entry table: {text}");
+    let hwm = status_kb(pid, "VmHWM:")? << 10;
+    let budget = podtrace::cmd::agent::user_space_budget(50_000, 262_144);
+    eprintln!("agent peak RSS during a {SYNS}-SYN flood: {} MiB (budget {} MiB)", hwm >> 20, budget >> 20);
+    assert!(hwm <= budget, "peak RSS {} MiB over the budget of {} MiB", hwm >> 20, budget >> 20);
+    let out = running.signal(Signal::SIGTERM)?;
+    assert!(out.status.success(), "{}", out.stderr);
+    Ok(())
+}
 
 /// 21 k idle TCP connections exhausted the agent's descriptors: `/healthz` and `/flows`
 /// failed on both listeners and polling failed ("Too many open files").

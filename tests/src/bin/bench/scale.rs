@@ -1,7 +1,7 @@
 //! Figure 4's scale rows: flows put into the agent's own program (BPF_PROG_TEST_RUN), the agent
 //! holding a million tracked flows, and a SYN flood of distinct flows sent through the lab.
 use std::{
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::OwnedFd,
     path::Path,
     time::{Duration, Instant},
 };
@@ -143,81 +143,12 @@ pub struct SynFlood {
     pub counted: f64,
 }
 
-/// The TCP checksum of `seg` between `src` and `dst` (RFC 793 pseudo-header).
-fn tcp_checksum(src: [u8; 4], dst: [u8; 4], seg: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |b: &[u8]| {
-        for c in b.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
-        }
-    };
-    add(&src);
-    add(&dst);
-    add(&[0, 6]);
-    add(&(seg.len() as u16).to_be_bytes());
-    add(seg);
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Sends `n` SYNs of distinct flows from web-2 to db through the lab (web-2's veth, node-a's
-/// routing and conntrack, eth1, the VPC) with a raw socket, as a SYN flood arrives.
-fn send_syns(b: &Bench, n: u32) -> Result<f64> {
-    let src = b.lab.plan.pod("web-2").unwrap().ip.octets();
-    let dst = b.lab.plan.host("db").unwrap().ip.octets();
-    netns::run_in(&b.ns("web-2"), move || {
-        // SAFETY: plain socket(2); the descriptor is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        // SAFETY: fd was just returned by socket(2).
-        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let to = libc::sockaddr_in {
-            sin_family: libc::AF_INET as u16,
-            sin_port: 0,
-            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst) },
-            sin_zero: [0; 8],
-        };
-        let start = Instant::now();
-        for i in 0..n {
-            let (sport, dport) = (1024 + (i % 60_000) as u16, 10_000 + (i / 60_000) as u16);
-            let mut seg = tcp(sport, dport, 0x02, &[]);
-            let sum = tcp_checksum(src, dst, &seg);
-            seg[16..18].copy_from_slice(&sum.to_be_bytes());
-            let pkt = ipv4(&V4 { src, dst, proto: 6, id: i as u16, ..V4::default() }, &seg);
-            // SAFETY: a valid buffer and address for the call's duration.
-            let r = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    pkt.as_ptr().cast(),
-                    pkt.len(),
-                    0,
-                    (&raw const to).cast(),
-                    size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            if r < 0 {
-                let e = std::io::Error::last_os_error();
-                // A full device queue: wait for it, as a sender's stack would.
-                if e.raw_os_error() == Some(libc::ENOBUFS) {
-                    std::thread::sleep(Duration::from_micros(50));
-                    continue;
-                }
-                return Err(e.into());
-            }
-        }
-        Ok(start.elapsed().as_secs_f64())
-    })
-}
-
 /// A SYN flood of `n` distinct flows through the lab while the agent runs with the DaemonSet's
 /// bounds: it must stay alive and bounded, and count what it could not keep.
 pub fn syn_flood(b: &Bench, sock: &Path, pid: u32, n: u32) -> Result<SynFlood> {
     let before = packets_seen(sock)?;
-    let seconds = send_syns(b, n)?;
+    let (web2, db) = (b.lab.plan.pod("web-2").unwrap().ip, b.lab.plan.host("db").unwrap().ip);
+    let seconds = tests::flood::send_syns(&b.ns("web-2"), web2, db, n)?;
     // Each SYN crosses web-2's veth ingress before anything on the node can drop it (then
     // eth1's egress, unless node-a's conntrack table is full).
     let text = settled(sock, before + n as f64, Duration::from_secs(300))?;

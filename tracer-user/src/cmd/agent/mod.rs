@@ -113,12 +113,15 @@ pub struct AgentArgs {
     pub otlp: otlp::OtlpArgs,
 }
 
-/// User-space memory the agent needs with `max_tracked_flows`, as measured on the lab
-/// (tests/tests/hostile.rs: 94 MiB peak with 50 000 flows and ten clients that never read
-/// `/flows`): a base for the runtime, BTF offsets and buffers, and per tracked flow its
-/// summary, its share of a poll's assembly and of the kernel snapshot.
-pub fn user_space_budget(max_tracked_flows: u32) -> u64 {
-    (64 << 20) + max_tracked_flows as u64 * 1536
+/// User-space memory the agent needs with `max_tracked_flows` and a kernel flow table of
+/// `max_flows` entries, as measured on the lab: a base for the runtime, BTF offsets, buffers
+/// and a conntrack read at its cap; per tracked flow its summary and its share of a poll's
+/// assembly (tests/tests/hostile.rs: 94 MiB peak with 50 000 flows and ten clients that never
+/// read `/flows`); per kernel-table entry its share of a poll over a full table (a SYN flood
+/// through the lab with the DaemonSet's flags filled the 262 144 entries and node-a's
+/// conntrack: 234 MiB peak, where tracked flows alone account for 137 MiB).
+pub fn user_space_budget(max_tracked_flows: u32, max_flows: u32) -> u64 {
+    (64 << 20) + max_tracked_flows as u64 * 1536 + max_flows as u64 * 512
 }
 
 /// Everything the agent's memory cgroup is charged with on a node of `cpus` CPUs: user space
@@ -130,7 +133,7 @@ pub fn memory_budget(
     capture: Option<CaptureLoad>,
     cpus: usize,
 ) -> u64 {
-    user_space_budget(max_tracked_flows)
+    user_space_budget(max_tracked_flows, max_flows)
         + load::flow_table_bytes(max_flows, cpus)
         + load::other_maps_bytes(cpus, flow_cache_bytes, capture)
 }
