@@ -264,7 +264,7 @@ pub(crate) fn agent_table(s: &mut String, a: &AgentFigures, m: &scale::MillionTr
     .unwrap();
     writeln!(
         s,
-        "| {:.0} flows tracked, no traffic: CPU polling them | {:.2} % of a core ({} in {:.0} s; poll {:.2} s every {:.2} s) |",
+        "| {:.0} flows tracked, no traffic: CPU polling them, over one poll period | {:.2} % of a core ({} in {:.0} s; a poll {:.2} s, then {:.2} s until the next) |",
         m.flows,
         m.cpu.percent_of_a_core(clock),
         ticks(m.cpu.ticks),

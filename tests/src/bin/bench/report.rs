@@ -173,8 +173,8 @@ pub(crate) fn render(args: &Args, run: &Run) -> String {
     capture_table(&mut s, &run.capture);
     agent_table(&mut s, a, &run.million, &run.clock);
     poll_cost::table(&mut s, &run.poll);
-    peers::table(&mut s, run);
     check::summary(&mut s, &check::targets(run));
+    peers::table(&mut s, run);
     reading(&mut s, run);
     s += DEVELOPMENT_NOTES;
     s

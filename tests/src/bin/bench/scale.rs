@@ -114,9 +114,26 @@ pub fn million_tracked(b: &Bench, sock: &Path, n: u32) -> Result<MillionTracked>
     let before = packets_seen(sock)?;
     inject.send(b, 0, n)?;
     settled(sock, before + n as f64, Duration::from_secs(600))?;
+    // Over whole poll periods (the interval stretches to ~9× a poll's duration): from one poll
+    // to the second after it.
+    let polls = |text: &str| metric(text, "podtrace_agent_events_total", Some(("name", "polls")));
+    let wait_poll = |after: f64| -> Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        loop {
+            let n = polls(&tests::agent_get(sock, "GET", "/metrics")?.1)?;
+            if n > after {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                bail!("the agent holding {n} polls stopped polling");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = wait_poll(polls(&tests::agent_get(sock, "GET", "/metrics")?.1)?)?;
     let (ticks0, _, _) = proc_stat(pid)?;
     let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(if b.quick { 5 } else { 30 }));
+    wait_poll(first + 1.0)?;
     let (ticks1, rss_kb, hwm_kb) = proc_stat(pid)?;
     let cpu = CpuUse { ticks: ticks1 - ticks0, seconds: start.elapsed().as_secs_f64() };
     let text = tests::agent_get(sock, "GET", "/metrics")?.1;
