@@ -200,12 +200,10 @@ fn spawn_podtrace(
     }
 }
 
-/// Starts `podtrace agent` on the lab's node-a with the lab's pods file, its socket in the
-/// lab's state directory and a 200 ms poll interval, plus `extra` arguments.
-pub fn start_agent(lab: &xtask::lab::Lab, extra: &[&str]) -> Result<(Running, std::path::PathBuf)> {
-    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
-    let pods = lab.pods_file();
-    let mut args = vec![
+/// `podtrace agent` with a pods file and socket, polling every 200 ms: what every test's agent
+/// starts from.
+pub fn agent_args<'a>(pods: &'a std::path::Path, sock: &'a std::path::Path) -> Vec<&'a str> {
+    vec![
         "agent",
         "--pods-file",
         pods.to_str().unwrap(),
@@ -213,7 +211,15 @@ pub fn start_agent(lab: &xtask::lab::Lab, extra: &[&str]) -> Result<(Running, st
         sock.to_str().unwrap(),
         "--poll-interval",
         "200ms",
-    ];
+    ]
+}
+
+/// Starts `podtrace agent` on the lab's node-a with the lab's pods file, its socket in the
+/// lab's state directory and a 200 ms poll interval, plus `extra` arguments.
+pub fn start_agent(lab: &xtask::lab::Lab, extra: &[&str]) -> Result<(Running, std::path::PathBuf)> {
+    let sock = xtask::lab::state_dir(lab.prefix()).join("agent.sock");
+    let pods = lab.pods_file();
+    let mut args = agent_args(&pods, &sock);
     args.extend(extra);
     Ok((start_podtrace(&lab.ns("node-a"), &args)?, sock))
 }

@@ -79,20 +79,8 @@ fn start_agent(lab: &Lab, api: &KubeStandIn, node: &str, extra: &[&str]) -> Resu
     api.kubeconfig(&kubeconfig, AGENT_TOKEN)?;
     let sock = dir.join(format!("agent-{node}.sock"));
     let pods = lab.pods_file();
-    let mut args = vec![
-        "agent",
-        "--pods-file",
-        pods.to_str().unwrap(),
-        "--socket",
-        sock.to_str().unwrap(),
-        "--poll-interval",
-        "200ms",
-        "--node-name",
-        node,
-        "--listen",
-        "0.0.0.0:9443",
-        "--authenticate",
-    ];
+    let mut args = tests::agent_args(&pods, &sock);
+    args.extend(["--node-name", node, "--listen", "0.0.0.0:9443", "--authenticate"]);
     args.extend(extra);
     start_podtrace_with(&lab.ns(node), &args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
 }

@@ -369,15 +369,7 @@ fn the_agent_works_with_exactly_the_manifests_capabilities() -> Result<()> {
     let agent = tests::start_podtrace_via(
         &lab.ns("node-a"),
         &["setpriv", "--reuid=0", "--inh-caps=-all", &bounding, "--no-new-privs"],
-        &[
-            "agent",
-            "--pods-file",
-            pods.to_str().unwrap(),
-            "--socket",
-            sock.to_str().unwrap(),
-            "--poll-interval",
-            "200ms",
-        ],
+        &tests::agent_args(&pods, &sock),
     )?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))?;
     let mask = |k: &str| {

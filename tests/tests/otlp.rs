@@ -21,19 +21,8 @@ use xtask::lab::{Lab, state_dir, traffic};
 fn start_agent(lab: &Lab, node: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<(Running, PathBuf)> {
     let sock = state_dir(lab.prefix()).join(format!("agent-{node}.sock"));
     let pods = lab.pods_file();
-    let mut args = vec![
-        "agent",
-        "--pods-file",
-        pods.to_str().unwrap(),
-        "--socket",
-        sock.to_str().unwrap(),
-        "--poll-interval",
-        "200ms",
-        "--node-name",
-        node,
-        "--otlp-interval",
-        "1s",
-    ];
+    let mut args = tests::agent_args(&pods, &sock);
+    args.extend(["--node-name", node, "--otlp-interval", "1s"]);
     args.extend(extra);
     Ok((start_podtrace_with(&lab.ns(node), &args, env)?, sock))
 }

@@ -7,7 +7,7 @@ use std::{
     net::IpAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -62,12 +62,26 @@ pub struct SessionOptions {
     pub capture: Option<CaptureLoad>,
 }
 
+/// Conntrack event entries waiting for the next poll, at most. A SYN flood makes millions of
+/// events between two polls (each new entry, each one early-dropped): beyond this they are
+/// dropped and counted, and the next full dump (every `CT_DUMP_EVERY`) reads the table itself.
+const MAX_CT_EVENTS_QUEUED: usize = 65_536;
+
 /// Losses that happen in user space, reported next to the kernel counters.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct UserCounters {
     pub hop_events_evicted: u64,
     pub conntrack_evicted: u64,
     pub conntrack_dump_errors: u64,
+    /// Conntrack events not queued (beyond `MAX_CT_EVENTS_QUEUED`).
+    pub conntrack_events_dropped: u64,
+}
+
+/// The conntrack event queue's fill and losses, shared with its reader thread.
+#[derive(Default)]
+struct CtQueue {
+    queued: AtomicUsize,
+    dropped: AtomicU64,
 }
 
 /// Everything read in one poll.
@@ -87,6 +101,7 @@ pub struct Session {
     hops: Arc<HopTable>,
     conntrack: HashMap<Tuple, (CtEntry, Instant)>,
     ct_rx: mpsc::Receiver<Vec<CtEntry>>,
+    ct_queue: Arc<CtQueue>,
     ct_stop: Arc<AtomicBool>,
     ct_thread: Option<JoinHandle<()>>,
     last_ct_dump: Option<Instant>,
@@ -134,6 +149,8 @@ impl Session {
         let interesting = opts.filter.as_ref().map(|f| f.iter().map(|ip| addr::to_key(*ip)).collect());
         let ring = maps::take_hops(&mut tracer.ebpf)?;
         let (tx, ct_rx) = mpsc::channel();
+        let ct_queue = Arc::new(CtQueue::default());
+        let queue = ct_queue.clone();
         let ct_stop = Arc::new(AtomicBool::new(false));
         let stop = ct_stop.clone();
         // Conntrack events: connections that live shorter than one poll interval are still
@@ -142,10 +159,17 @@ impl Session {
             Ok(events) => Some(std::thread::spawn(move || {
                 let _ = events.set_timeout(Duration::from_millis(200));
                 while !stop.load(Ordering::Relaxed) {
-                    if let Ok(batch) = events.next()
-                        && !batch.is_empty()
-                        && tx.send(batch).is_err()
-                    {
+                    let Ok(batch) = events.next() else { continue };
+                    let n = batch.len();
+                    if n == 0 {
+                        continue;
+                    }
+                    if queue.queued.load(Ordering::Relaxed) + n > MAX_CT_EVENTS_QUEUED {
+                        queue.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                        continue;
+                    }
+                    queue.queued.fetch_add(n, Ordering::Relaxed);
+                    if tx.send(batch).is_err() {
                         return;
                     }
                 }
@@ -161,6 +185,7 @@ impl Session {
             hops: Arc::new(HopTable::new(MAX_HOP_PAIRS)),
             conntrack: HashMap::new(),
             ct_rx,
+            ct_queue,
             ct_stop,
             ct_thread,
             last_ct_dump: None,
@@ -259,6 +284,8 @@ impl Session {
     fn refresh_conntrack(&mut self) {
         let now = Instant::now();
         let mut fresh: Vec<CtEntry> = self.ct_rx.try_iter().flatten().collect();
+        self.ct_queue.queued.fetch_sub(fresh.len(), Ordering::Relaxed);
+        self.user.conntrack_events_dropped = self.ct_queue.dropped.load(Ordering::Relaxed);
         // Without an event subscription every refresh is a full dump.
         let due = self.ct_thread.is_none()
             || self.last_ct_dump.is_none_or(|t| now.duration_since(t) >= CT_DUMP_EVERY);

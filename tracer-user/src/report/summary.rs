@@ -58,8 +58,11 @@ impl Summary {
             .collect();
         s += &format!("counters: {}\n", parts.join(" "));
         s += &format!(
-            "user: hop_events_evicted={} conntrack_dump_errors={}",
-            self.user.hop_events_evicted, self.user.conntrack_dump_errors
+            "user: hop_events_evicted={} conntrack_evicted={} conntrack_events_dropped={} conntrack_dump_errors={}",
+            self.user.hop_events_evicted,
+            self.user.conntrack_evicted,
+            self.user.conntrack_events_dropped,
+            self.user.conntrack_dump_errors
         );
         s += &format!("\nrules: {}", backends_text(&self.rule_backends));
         if self.pod_egress_snat.is_empty() {

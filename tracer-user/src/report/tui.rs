@@ -29,6 +29,7 @@ pub fn losses(counters: &Counters, user: &UserCounters) -> Vec<(&'static str, u6
         .collect();
     out.push(("hop_events_evicted", user.hop_events_evicted));
     out.push(("conntrack_evicted", user.conntrack_evicted));
+    out.push(("conntrack_events_dropped", user.conntrack_events_dropped));
     out
 }
 

@@ -110,6 +110,7 @@ impl State {
             ("hop_events_evicted", self.user.hop_events_evicted),
             ("conntrack_evicted", self.user.conntrack_evicted),
             ("conntrack_dump_errors", self.user.conntrack_dump_errors),
+            ("conntrack_events_dropped", self.user.conntrack_events_dropped),
         ]
     }
 }
