@@ -43,17 +43,6 @@ enum Cmd {
     },
 }
 
-/// Clap's multi-line usage errors folded into one line.
-fn one_line(e: &clap::Error) -> String {
-    let text = e.render().to_string();
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:"))
-        .collect();
-    lines.join(" ")
-}
-
 /// `podtrace --agent SOCK capture …` (the agent's socket first, as for `podtrace --agent SOCK
 /// --pod …`) is `podtrace capture --agent SOCK …`: the option moves behind the subcommand that
 /// takes it, since clap does not let the default command's options precede a subcommand.
@@ -74,21 +63,9 @@ fn agent_before_subcommand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::O
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse_from(agent_before_subcommand(std::env::args_os().collect())) {
+    let cli: Cli = match cmd::options::parse_cli(agent_before_subcommand(std::env::args_os().collect())) {
         Ok(c) => c,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("{}", one_line(&e));
-            return ExitCode::from(2);
-        }
+        Err(status) => return status,
     };
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,

@@ -41,29 +41,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match podtrace::cmd::options::parse_cli(std::env::args_os()) {
         Ok(c) => c,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = e.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.render().to_string();
-            let line: Vec<&str> = text
-                .lines()
-                .map(str::trim)
-                .filter(|l| {
-                    !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
-                })
-                .collect();
-            eprintln!("{}", line.join(" "));
-            return ExitCode::from(2);
-        }
+        Err(status) => return status,
     };
     let level = match cli.verbose {
         0 => log::LevelFilter::Warn,

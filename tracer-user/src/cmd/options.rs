@@ -67,6 +67,38 @@ pub fn deadline_after(d: Duration) -> tokio::time::Instant {
     now.checked_add(d).or_else(|| now.checked_add(MAX_DURATION)).unwrap_or(now)
 }
 
+/// Parses a command line as clap does, except that a usage error is one line on stderr with
+/// exit status 2; help and version are printed as clap prints them (status 0). `Err` holds the
+/// status to exit with.
+pub fn parse_cli<T: clap::Parser>(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<T, std::process::ExitCode> {
+    match T::try_parse_from(args) {
+        Ok(c) => Ok(c),
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty() && !l.starts_with("For more information") && !l.starts_with("Usage:")
+                })
+                .collect();
+            eprintln!("{}", lines.join(" "));
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
