@@ -683,16 +683,7 @@ fn a_large_pods_file_is_parsed_in_bounded_memory() -> Result<()> {
     );
     let sock = default_sock(&lab);
     let agent_peak = |pods: &Path| -> Result<u64> {
-        let args = [
-            "agent",
-            "--pods-file",
-            pods.to_str().unwrap(),
-            "--socket",
-            sock.to_str().unwrap(),
-            "--poll-interval",
-            "200ms",
-        ];
-        let running = start_podtrace_via(&ns, &[], &args)?;
+        let running = start_podtrace_via(&ns, &[], &tests::agent_args(pods, &sock))?;
         two_more_polls(&sock)?;
         // Named from the file all the same.
         let (_, text) = get_unix(&sock, "/metrics", Duration::from_secs(5))?;
