@@ -68,13 +68,10 @@ pub(crate) fn agent_figures(b: &Bench) -> Result<AgentFigures> {
     let (ticks0, _, _) = proc_stat(pid)?;
     let start = Instant::now();
     let to = b.lab.plan.host("db").unwrap().ip.to_string();
-    let mut server = Command::new("ip")
-        .args(["netns", "exec", &b.ns("db"), "iperf3", "-s", "-1", "-p", "5202"])
-        .stdout(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(150));
-    let out = Command::new("ip")
-        .args([
+    let server = iperf_server(&b.ns("db"), "5202")?;
+    let out = iperf_client(
+        server,
+        Command::new("ip").args([
             "netns",
             "exec",
             &b.ns("web-2"),
@@ -91,9 +88,8 @@ pub(crate) fn agent_figures(b: &Bench) -> Result<AgentFigures> {
             "-t",
             &secs.to_string(),
             "-J",
-        ])
-        .output()?;
-    let _ = server.wait();
+        ]),
+    )?;
     let (ticks1, _, _) = proc_stat(pid)?;
     let cpu = CpuUse { ticks: ticks1 - ticks0, seconds: start.elapsed().as_secs_f64() };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;

@@ -154,6 +154,41 @@ fn wait_for_line(child: &mut Child, want: &str) -> Result<()> {
     bail!("process ended before printing {want:?}")
 }
 
+/// A one-off iperf3 server in `ns` on `port`, once it listens: a client started earlier fails
+/// at once, and the server would then wait for it forever.
+fn iperf_server(ns: &str, port: &str) -> Result<Child> {
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", ns, "iperf3", "-s", "-1", "-p", port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let since = Instant::now();
+    while !netns::output("ip", &["netns", "exec", ns, "ss", "-Hltn", &format!("sport = :{port}")])?
+        .contains(port)
+    {
+        if since.elapsed() > Duration::from_secs(10) {
+            let _ = server.kill();
+            let _ = server.wait();
+            bail!("iperf3's server did not listen within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
+/// Runs an iperf3 client against `server`; a failed client ends the server too.
+fn iperf_client(mut server: Child, client: &mut Command) -> Result<std::process::Output> {
+    let out = client.output()?;
+    if !out.status.success() {
+        let _ = server.kill();
+    }
+    let _ = server.wait();
+    if !out.status.success() {
+        bail!("iperf3 client: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(out)
+}
+
 impl Bench {
     fn ns(&self, m: &str) -> String {
         self.lab.ns(m)
@@ -212,12 +247,7 @@ impl Bench {
 
     fn iperf(&self, udp: bool, secs: u32) -> Result<f64> {
         let db = self.ns("db");
-        let mut server = Command::new("ip")
-            .args(["netns", "exec", &db, "iperf3", "-s", "-1", "-p", "5201"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        std::thread::sleep(Duration::from_millis(150));
+        let server = iperf_server(&db, "5201")?;
         let to = self.lab.plan.host("db").unwrap().ip.to_string();
         let t = secs.to_string();
         let mut args: Vec<String> =
@@ -226,8 +256,7 @@ impl Bench {
         if udp {
             args.extend(["-u", "-l", "64", "-b", "0"].map(str::to_string));
         }
-        let out = Command::new("ip").args(&args).output()?;
-        let _ = server.wait();
+        let out = iperf_client(server, Command::new("ip").args(&args))?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
         if udp {
             let s = &v["end"]["sum"];
