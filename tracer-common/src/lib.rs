@@ -40,7 +40,34 @@ pub struct Tuple {
     pub _pad: [u8; 2],
 }
 
+/// The programs hash and compare keys as 8-byte words right after building them. A word load
+/// that spans several narrower stores made just before cannot take its data from them (no
+/// store-to-load forwarding) and waits until they reach the cache, so the builders below write
+/// each word with one store.
 impl Tuple {
+    /// Sets an IPv4 source and destination (`src`/`dst` as they are in the packet): the first
+    /// word of each address array, the rest left as it was (zero).
+    #[inline(always)]
+    pub fn set_v4_addrs(&mut self, src: [u8; 4], dst: [u8; 4]) {
+        let word = |a: [u8; 4]| u64::from_ne_bytes([a[0], a[1], a[2], a[3], 0, 0, 0, 0]);
+        // SAFETY: Tuple is repr(C, align(8)); `src` and `dst` start at offsets 0 and 16.
+        unsafe {
+            let w = (self as *mut Tuple).cast::<u64>();
+            w.write(word(src));
+            w.add(2).write(word(dst));
+        }
+    }
+
+    /// Sets ports, protocol and family (and clears the padding) with one word store.
+    #[inline(always)]
+    pub fn set_ports(&mut self, sport: u16, dport: u16, proto: u8, family: u8) {
+        let (s, d) = (sport.to_ne_bytes(), dport.to_ne_bytes());
+        let word = u64::from_ne_bytes([s[0], s[1], d[0], d[1], proto, family, 0, 0]);
+        // SAFETY: Tuple is repr(C, align(8)); `sport` starts at offset 32 and the word covers
+        // `sport..=_pad`.
+        unsafe { (self as *mut Tuple).cast::<u64>().add(4).write(word) }
+    }
+
     /// The same flow seen from the other end.
     pub const fn reversed(&self) -> Tuple {
         Tuple {
@@ -65,6 +92,18 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// Sets the interface and hook (and clears the padding) with one word store (see `Tuple`).
+    #[inline(always)]
+    pub fn set_iface(&mut self, ifindex: u32, hook: u8) {
+        let i = ifindex.to_ne_bytes();
+        let word = u64::from_ne_bytes([i[0], i[1], i[2], i[3], hook, 0, 0, 0]);
+        // SAFETY: FlowKey is repr(C, align(8)); `ifindex` starts at offset 40 and the word
+        // covers `ifindex..=_pad`.
+        unsafe { (self as *mut FlowKey).cast::<u64>().add(5).write(word) }
+    }
+}
+
 /// Per-CPU counters of one flow at one hook. User space sums packets/bytes and takes the
 /// min of `first_ns` / max of `last_ns` over CPUs. Times are `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
 #[repr(C)]
@@ -83,6 +122,12 @@ pub struct FlowStats {
 /// and a memory budget (user space decides at load time, `globals::FLOW_CACHE_SLOTS`).
 pub const FLOW_CACHE_MAX_SLOTS: u32 = 1024;
 pub const FLOW_CACHE_MIN_SLOTS: u32 = 64;
+/// Entries per CPU in `COUNTERS`: CPU `c`'s counter `i` is entry `c * COUNTER_STRIDE + i`.
+/// 32 × 8 bytes: each CPU's counters on their own cache lines, which no other CPU writes.
+pub const COUNTER_STRIDE: u32 = 32;
+const _: () = assert!(counter::COUNT <= COUNTER_STRIDE);
+/// Slots per CPU in `SIGHTINGS` (a power of two), CPU `c` owning `c * SIGHTING_SLOTS ..`.
+pub const SIGHTING_SLOTS: u32 = 8;
 /// Slots per word of the flow cache's occupancy bitmap (`FLOW_CACHE_USED`).
 pub const FLOW_CACHE_SLOTS_PER_WORD: u32 = 64;
 
@@ -363,6 +408,7 @@ pub mod names {
     pub const MAP_FLOW_CACHE_USED: &str = "FLOW_CACHE_USED";
     pub const MAP_HOPS: &str = "HOPS";
     pub const MAP_COUNTERS: &str = "COUNTERS";
+    pub const MAP_SIGHTINGS: &str = "SIGHTINGS";
     pub const MAP_ADDR_FILTER: &str = "ADDR_FILTER";
     pub const MAP_DROPS: &str = "DROPS";
     pub const MAP_RETRANS: &str = "RETRANS";
@@ -428,5 +474,25 @@ mod tests {
         };
         assert_eq!(t.reversed().reversed(), t);
         assert_eq!(t.reversed().sport, 4);
+    }
+
+    /// The one-store setters write exactly what assigning the fields does (and zero padding).
+    #[test]
+    fn word_setters_match_field_assignment() {
+        let mut by_words =
+            FlowKey { tuple: Tuple { _pad: [9; 2], ..Tuple::default() }, _pad: [7; 3], ..FlowKey::default() };
+        by_words.tuple.set_v4_addrs([198, 18, 1, 10], [203, 0, 113, 9]);
+        by_words.tuple.set_ports(40000, 443, 6, FAMILY_V4);
+        by_words.set_iface(0x0102_0304, 1);
+        let mut by_fields = FlowKey::default();
+        by_fields.tuple.src[..4].copy_from_slice(&[198, 18, 1, 10]);
+        by_fields.tuple.dst[..4].copy_from_slice(&[203, 0, 113, 9]);
+        by_fields.tuple.sport = 40000;
+        by_fields.tuple.dport = 443;
+        by_fields.tuple.proto = 6;
+        by_fields.tuple.family = FAMILY_V4;
+        by_fields.ifindex = 0x0102_0304;
+        by_fields.hook = 1;
+        assert_eq!(by_words, by_fields);
     }
 }

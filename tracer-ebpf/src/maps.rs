@@ -4,11 +4,11 @@
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    CachedFlow, DropKey, DropStats, FLOW_CACHE_MAX_SLOTS, FLOW_CACHE_SLOTS_PER_WORD, FlowKey, FlowStats,
-    Sighting, Tuple, counter,
+    COUNTER_STRIDE, CachedFlow, DropKey, DropStats, FLOW_CACHE_MAX_SLOTS, FLOW_CACHE_SLOTS_PER_WORD, FlowKey,
+    FlowStats, SIGHTING_SLOTS, Sighting, Tuple, counter, hook,
 };
 use tracer_ebpf::packet::Counters;
 
@@ -40,10 +40,13 @@ pub static FLOW_CACHE_USED: Array<u64> =
 #[inline(always)]
 pub fn flow_cache_slot(key: &FlowKey) -> Option<(u32, *mut CachedFlow)> {
     let w = key_words(key);
-    let h = tracer_ebpf::signature::mix(w[0] ^ w[2] ^ w[4], w[1] ^ w[3] ^ w[5]);
+    // One multiply (Fibonacci hashing, top bits) over the folded words: a slot only has to
+    // spread flows, and a collision costs a table lookup, not a wrong count.
+    let folded = w[0] ^ w[2] ^ w[4] ^ (w[1] ^ w[3] ^ w[5]).rotate_left(32);
+    let h = (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let slots = crate::globals::flow_cache_slots();
-    let index = cpu.wrapping_mul(slots) + (h as u32 & (slots - 1));
+    let index = cpu.wrapping_mul(slots) + (h & (slots - 1));
     FLOW_CACHE.get_ptr_mut(index).map(|c| (index, c))
 }
 
@@ -70,16 +73,54 @@ pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
     a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
 }
 
-/// The last sampled packet seen on this CPU in one slot of a direct-mapped table, chosen by
-/// signature. An array lookup is inlined by the verifier (no hashing, no locks, no LRU
-/// eviction); a later signature in the same slot simply replaces an older one. Per CPU, because
-/// a packet crosses its ingress and egress hooks on the same CPU (softirq) and that keeps
-/// concurrent writers off each slot.
+/// The last `SIGHTING_SLOTS` sampled packets seen at an ingress hook on each CPU, written in
+/// turn (CPU `c` owns `c * SIGHTING_SLOTS ..`; user space sizes the map for the possible CPUs
+/// at load time). A packet crosses its ingress hook and its next egress hook on one CPU, in one
+/// pass through the stack (the egress hook runs before any qdisc queue; a listified receive
+/// batch holds at most a few packets in between), so a sighting is found at the egress hook
+/// as long as fewer than `SIGHTING_SLOTS` sampled packets entered on that CPU meanwhile,
+/// whatever their signatures. The table is small and written in turn, so it stays in cache: a
+/// table indexed by signature (8 192 slots, 512 KiB per CPU) missed the cache and the TLB on
+/// every sampled packet.
+///
+/// A plain array, not a per-CPU one: its lookup is the map's base address plus an offset,
+/// where a per-CPU array first loads the element's pointer from a table (one more cache miss).
 #[map(name = "SIGHTINGS")]
-pub static SIGHTINGS: PerCpuArray<SightingSlot> = PerCpuArray::with_max_entries(SIGHTING_SLOTS, 0);
+pub static SIGHTINGS: Array<SightingSlot> = Array::with_max_entries(SIGHTING_SLOTS, 0);
 
-/// Slots per CPU in `SIGHTINGS` (a power of two).
-pub const SIGHTING_SLOTS: u32 = 8192;
+/// This CPU's count of sightings written, in its `COUNTERS` stride after the reported counters.
+const SIGHTINGS_WRITTEN: u32 = counter::COUNT;
+const _: () = assert!(SIGHTINGS_WRITTEN < COUNTER_STRIDE);
+
+/// The slot the next ingress sighting on this CPU goes to (the oldest one).
+#[inline(always)]
+pub fn next_sighting_slot() -> Option<*mut SightingSlot> {
+    let n = count(SIGHTINGS_WRITTEN) as u32;
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    SIGHTINGS.get_ptr_mut(cpu * SIGHTING_SLOTS + (n & (SIGHTING_SLOTS - 1)))
+}
+
+/// The newest ingress sighting on this CPU with signature `sig`, at another interface than
+/// `ifindex` and younger than the maximum age at `now`.
+#[inline(always)]
+pub fn newest_sighting(sig: u64, ifindex: u32, now: u64) -> Option<*mut SightingSlot> {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let newest =
+        COUNTERS.get_ptr(cpu * COUNTER_STRIDE + SIGHTINGS_WRITTEN).map_or(0, |n| unsafe { *n }) as u32;
+    for back in 0..SIGHTING_SLOTS {
+        let i = newest.wrapping_sub(back) & (SIGHTING_SLOTS - 1);
+        let slot = SIGHTINGS.get_ptr_mut(cpu * SIGHTING_SLOTS + i)?;
+        let s = unsafe { &*slot };
+        if s.sig == sig
+            && s.at.hook == hook::INGRESS
+            && s.at.ifindex != ifindex
+            && now.wrapping_sub(s.at.ts_ns) < crate::globals::sighting_max_age_ns()
+        {
+            return Some(slot);
+        }
+    }
+    None
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -92,9 +133,12 @@ pub struct SightingSlot {
 #[map(name = "HOPS")]
 pub static HOPS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
-/// Global counters, see `tracer_common::counter`.
+/// Global counters, see `tracer_common::counter`: `COUNTER_STRIDE` entries per CPU, CPU `c`'s
+/// counter `i` at `c * COUNTER_STRIDE + i` (user space sizes it for the possible CPUs and sums
+/// over CPUs). A plain array rather than a per-CPU one for the reason given at `SIGHTINGS`:
+/// every packet counts, and this way its counters cost one cache line, not two.
 #[map(name = "COUNTERS")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+pub static COUNTERS: Array<u64> = Array::with_max_entries(COUNTER_STRIDE, 0);
 
 /// Addresses of interest (traced pod IPs and the node's own ENI IPs), 16-byte form.
 #[map(name = "ADDR_FILTER")]
@@ -109,10 +153,16 @@ pub static DROPS: PerCpuHashMap<DropKey, DropStats> = PerCpuHashMap::with_max_en
 #[map(name = "RETRANS")]
 pub static RETRANS: PerCpuHashMap<Tuple, u64> = PerCpuHashMap::with_max_entries(8192, 0);
 
+/// Adds one to a counter of this CPU and returns its new value (0 if the index is invalid).
 #[inline(always)]
-pub fn count(index: u32) {
-    if let Some(v) = COUNTERS.get_ptr_mut(index) {
-        unsafe { *v += 1 };
+pub fn count(index: u32) -> u64 {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    match COUNTERS.get_ptr_mut(cpu * COUNTER_STRIDE + index) {
+        Some(v) => unsafe {
+            *v += 1;
+            *v
+        },
+        None => 0,
     }
 }
 
@@ -122,7 +172,7 @@ pub struct KernelCounters;
 impl Counters for KernelCounters {
     #[inline(always)]
     fn count(&mut self, index: u32) {
-        count(index)
+        count(index);
     }
 }
 

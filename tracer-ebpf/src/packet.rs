@@ -6,7 +6,7 @@
 //! counter, never in a bad read.
 use tracer_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Tuple, counter};
 
-use crate::signature::mix;
+use crate::signature::Invariants;
 
 /// Byte-level access to a packet, starting at the given offset.
 pub trait Reader {
@@ -25,8 +25,8 @@ const MAX_IPV6_EXT: usize = 6;
 
 /// What the flow table needs from one packet besides its tuple (written in place).
 pub struct Parsed {
-    /// NAT-invariant signature of this packet, see `signature`.
-    pub sig: u64,
+    /// The packet's NAT-invariant fields, see `signature`.
+    pub inv: Invariants,
     pub tcp_flags: u8,
     /// Set when the packet was tracked without ports; names the counter to bump.
     pub note: Option<u32>,
@@ -126,18 +126,17 @@ fn parse_ipv4<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
     let frag = be16([h[6], h[7]]);
     let frag_offset = frag & 0x1fff;
     let proto = h[9];
-    t.proto = proto;
-    t.family = FAMILY_V4;
-    if !r.read_into(off + 12, &mut t.src[..4]) || !r.read_into(off + 16, &mut t.dst[..4]) {
-        return Err(counter::MALFORMED);
-    }
-    let l4_len = total - ihl;
-    let sig = mix(mix(0x4, ((id as u64) << 32) | ((frag as u64) << 16) | proto as u64), l4_len as u64);
+    let a = r.read::<[u8; 8]>(off + 12).ok_or(counter::MALFORMED)?;
+    t.set_v4_addrs([a[0], a[1], a[2], a[3]], [a[4], a[5], a[6], a[7]]);
+    let l4_len = (total - ihl) as u64;
+    let l3 = (l4_len << 48) | ((id as u64) << 32) | ((frag as u64) << 16) | ((proto as u64) << 8) | 4;
     if frag_offset != 0 {
         // Not the first fragment: there is no L4 header to read ports from.
-        return Ok(Parsed { sig, tcp_flags: 0, note: Some(counter::FRAGMENTS) });
+        t.set_ports(0, 0, proto, FAMILY_V4);
+        let inv = Invariants { l3, ..Invariants::default() };
+        return Ok(Parsed { inv, tcp_flags: 0, note: Some(counter::FRAGMENTS) });
     }
-    parse_l4(r, t, off + ihl, sig)
+    parse_l4(r, t, off + ihl, l3, proto, FAMILY_V4)
 }
 
 #[inline(always)]
@@ -149,7 +148,6 @@ fn parse_ipv6<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
     let flow_label = be32([h[0], h[1], h[2], h[3]]) & 0x000f_ffff;
     let payload = be16([h[4], h[5]]) as usize;
     let mut next = h[6];
-    t.family = FAMILY_V6;
     if !r.read_into(off + 8, &mut t.src) || !r.read_into(off + 24, &mut t.dst) {
         return Err(counter::MALFORMED);
     }
@@ -182,66 +180,65 @@ fn parse_ipv6<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
         }
         i += 1;
     }
-    t.proto = next;
     if l4 > end {
         return Err(counter::MALFORMED);
     }
-    let l4_len = end - l4;
-    let sig = mix(mix(0x6, ((flow_label as u64) << 8) | next as u64), l4_len as u64);
+    let l4_len = (end - l4) as u64; // at most the 16-bit payload length
+    let l3 = (l4_len << 48) | ((flow_label as u64) << 16) | ((next as u64) << 8) | 6;
+    let inv = Invariants { l3, ..Invariants::default() };
     if matches!(next, 0 | 43 | 60 | 44 | 51) {
         // Still inside the extension header chain after MAX_IPV6_EXT headers.
-        return Ok(Parsed { sig, tcp_flags: 0, note: Some(counter::IPV6_EXT_LIMIT) });
+        t.set_ports(0, 0, next, FAMILY_V6);
+        return Ok(Parsed { inv, tcp_flags: 0, note: Some(counter::IPV6_EXT_LIMIT) });
     }
     if non_first_fragment {
-        return Ok(Parsed { sig, tcp_flags: 0, note: Some(counter::FRAGMENTS) });
+        t.set_ports(0, 0, next, FAMILY_V6);
+        return Ok(Parsed { inv, tcp_flags: 0, note: Some(counter::FRAGMENTS) });
     }
-    parse_l4(r, t, l4, sig)
+    parse_l4(r, t, l4, l3, next, FAMILY_V6)
 }
 
 #[inline(always)]
-fn parse_l4<R: Reader>(r: &R, t: &mut Tuple, off: usize, sig: u64) -> ParseResult {
-    match t.proto {
+fn parse_l4<R: Reader>(r: &R, t: &mut Tuple, off: usize, l3: u64, proto: u8, family: u8) -> ParseResult {
+    match proto {
         PROTO_TCP => {
             // ports, seq, ack, data offset, flags, window
             let h = r.read::<[u8; 16]>(off).ok_or(counter::MALFORMED)?;
-            t.sport = be16([h[0], h[1]]);
-            t.dport = be16([h[2], h[3]]);
+            t.set_ports(be16([h[0], h[1]]), be16([h[2], h[3]]), proto, family);
             let seq = be32([h[4], h[5], h[6], h[7]]) as u64;
             let ack = be32([h[8], h[9], h[10], h[11]]) as u64;
             let flags = h[13];
             let window = be16([h[14], h[15]]) as u64;
-            let sig = mix(mix(sig, (seq << 32) | ack), (window << 8) | flags as u64);
-            Ok(Parsed { sig, tcp_flags: flags, note: None })
+            let inv = Invariants { l3, l4: (seq << 32) | ack, l4_extra: (window << 8) | flags as u64 };
+            Ok(Parsed { inv, tcp_flags: flags, note: None })
         }
         PROTO_UDP => {
             let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
-            t.sport = be16([h[0], h[1]]);
-            t.dport = be16([h[2], h[3]]);
+            t.set_ports(be16([h[0], h[1]]), be16([h[2], h[3]]), proto, family);
             // The first payload bytes only feed the hash; they never leave the kernel.
             let head = r.read::<u64>(off + 8).unwrap_or(0);
-            Ok(Parsed { sig: mix(sig, head), tcp_flags: 0, note: None })
+            Ok(Parsed { inv: Invariants { l3, l4: head, l4_extra: 0 }, tcp_flags: 0, note: None })
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
             let (ty, code) = (h[0], h[1]);
-            let echo = if t.proto == PROTO_ICMP { ty == 8 || ty == 0 } else { ty == 128 || ty == 129 };
+            let echo = if proto == PROTO_ICMP { ty == 8 || ty == 0 } else { ty == 128 || ty == 129 };
             let seq = be16([h[6], h[7]]) as u64;
             if echo {
                 // NAT may rewrite the echo identifier, so only the sequence goes into the hash.
                 let id = be16([h[4], h[5]]);
-                t.sport = id;
-                t.dport = id;
+                t.set_ports(id, id, proto, family);
             } else {
-                t.sport = ty as u16;
-                t.dport = code as u16;
+                t.set_ports(ty as u16, code as u16, proto, family);
             }
-            Ok(Parsed {
-                sig: mix(sig, (seq << 16) | ((ty as u64) << 8) | code as u64),
-                tcp_flags: 0,
-                note: None,
-            })
+            let l4 = (seq << 16) | ((ty as u64) << 8) | code as u64;
+            Ok(Parsed { inv: Invariants { l3, l4, l4_extra: 0 }, tcp_flags: 0, note: None })
         }
-        _ => Ok(Parsed { sig, tcp_flags: 0, note: Some(counter::OTHER_L4) }),
+        _ => {
+            t.set_ports(0, 0, proto, family);
+            let inv = Invariants { l3, ..Invariants::default() };
+            Ok(Parsed { inv, tcp_flags: 0, note: Some(counter::OTHER_L4) })
+        }
     }
 }
 

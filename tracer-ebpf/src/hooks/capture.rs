@@ -18,6 +18,7 @@ use tracer_common::{
     capture::{MAX_IFACES, PARSED, SNAP_MAX, STASH_BYTES, STASHED, STATS_LEN, global, stat},
 };
 use tracer_ebpf::capture::{CaptureSighting, CaptureTables, Missed, Packet, decide, reverse_into};
+use tracer_ebpf::signature::Invariants;
 
 use crate::{globals, mem};
 
@@ -132,8 +133,13 @@ fn stash_index(sig: u64) -> u32 {
 /// frame did not parse. `CAPTURE_ARMED` is a load-time constant: without it the verifier removes
 /// the call and the function.
 #[inline(always)]
-pub fn capture(ctx: &TcContext, hook: u8, tuple: Option<&Tuple>, sig: u64, new_flow: bool) {
+pub fn capture(ctx: &TcContext, hook: u8, parsed: Option<(&Tuple, &Invariants)>, new_flow: bool) {
     if globals::capture_armed() {
+        // The signature is computed here, where the verifier keeps it only in armed objects.
+        let (tuple, sig) = match parsed {
+            Some((t, inv)) => (Some(t), inv.signature()),
+            None => (None, 0),
+        };
         // SAFETY: a TC program's context pointer is never null.
         let skb = unsafe { core::ptr::NonNull::new_unchecked(ctx.as_ptr().cast::<__sk_buff>()) };
         capture_armed(skb, hook, tuple, sig, new_flow);

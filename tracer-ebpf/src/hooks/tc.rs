@@ -20,8 +20,8 @@ use super::capture;
 use crate::{
     globals,
     maps::{
-        FLOWS, HOPS, KernelCounters, SIGHTING_SLOTS, SIGHTINGS, count, flow_cache_slot, mark_slot_used,
-        same_key, wanted,
+        FLOWS, HOPS, KernelCounters, count, flow_cache_slot, mark_slot_used, newest_sighting,
+        next_sighting_slot, same_key, wanted,
     },
     mem,
 };
@@ -131,13 +131,23 @@ fn observe(ctx: &TcContext, hook: u8) {
     let mut key_slot = MaybeUninit::<FlowKey>::uninit();
     let key = mem::zeroed(&mut key_slot);
     let Some(p) = classify_frame(&Skb(ctx), &mut key.tuple, &mut KernelCounters) else {
-        capture::capture(ctx, hook, None, 0, false);
+        capture::capture(ctx, hook, None, false);
         return;
     };
     let skb = ctx.as_ptr() as *const __sk_buff;
-    let (ifindex, len) = unsafe { ((*skb).ifindex, (*skb).len) };
-    key.ifindex = ifindex;
-    key.hook = hook;
+    let len = unsafe { (*skb).len };
+    // At an ingress hook the receiving interface is also in the skb itself (`skb_iif`, set
+    // just before the hook runs), where `ifindex` is read from the device struct: a cache
+    // line of its own, cold on most packets. (Zero only where no receive path ran, as in a
+    // BPF_PROG_TEST_RUN.)
+    let ifindex = match hook {
+        hook::INGRESS => match unsafe { (*skb).ingress_ifindex } {
+            0 => unsafe { (*skb).ifindex },
+            i => i,
+        },
+        _ => unsafe { (*skb).ifindex },
+    };
+    key.set_iface(ifindex, hook);
 
     // Steady state: the flow already holds this CPU's cache slot. Otherwise the flow table,
     // after which the flow takes its slot if it is free.
@@ -149,7 +159,7 @@ fn observe(ctx: &TcContext, hook: u8) {
         }
         _ => {
             let Some(new_flow) = count_in_table(key, len, p.tcp_flags) else {
-                capture::capture(ctx, hook, Some(&key.tuple), p.sig, false);
+                capture::capture(ctx, hook, Some((&key.tuple, &p.inv)), false);
                 return;
             };
             if let Some((index, c)) = slot {
@@ -162,10 +172,10 @@ fn observe(ctx: &TcContext, hook: u8) {
 
     // The first packet of a flow at each hook is always sampled so that NAT is seen even for
     // one-packet flows; the rest by signature, so a packet is sampled at all hooks or none.
-    if new_flow || p.sig & globals::sample_mask() == 0 {
-        sample(p.sig, unsafe { bpf_ktime_get_ns() }, key);
+    if new_flow || p.inv.sampled(globals::sample_mask()) {
+        sample(p.inv.signature(), key);
     }
-    capture::capture(ctx, hook, Some(&key.tuple), p.sig, new_flow);
+    capture::capture(ctx, hook, Some((&key.tuple, &p.inv)), new_flow);
 }
 
 /// Counts a packet in the flow's cache slot (per CPU: no other CPU writes it, no atomics).
@@ -248,48 +258,68 @@ fn take_slot_if_free(c: &mut CachedFlow, index: u32, key: &FlowKey) {
 /// its own timer. (A wake-up per event costs far more than the event itself.)
 const WAKEUP_BYTES: u64 = 64 * 1024;
 
+/// How often (in this CPU's hop events) the ring's fill level is read. Reading it touches the
+/// consumer position, a cache line user space writes on another CPU; once every 64 events is
+/// enough to wake user space before the 1 MiB ring fills (64 KiB is ~500 events).
+const FILL_CHECK_EVERY: u64 = 64;
+
+/// A sampled packet. At an ingress hook it is remembered; at an egress hook the newest
+/// remembered ingress sighting of the same packet (same signature) on this CPU makes a hop.
 #[inline(always)]
-fn sample(sig: u64, now: u64, key: &FlowKey) {
+fn sample(sig: u64, key: &FlowKey) {
     count(counter::SAMPLES);
-    // The slot comes from the signature's high bits: the low bits decided the sampling.
-    let index = (sig >> 32) as u32 & (SIGHTING_SLOTS - 1);
-    let Some(slot) = SIGHTINGS.get_ptr_mut(index) else { return };
-    let slot = unsafe { &mut *slot };
-    let mut here_slot = MaybeUninit::<Sighting>::uninit();
-    let here = mem::zeroed(&mut here_slot);
-    here.ts_ns = now;
-    unsafe { mem::copy(&mut here.tuple, &key.tuple) };
-    here.ifindex = key.ifindex;
-    here.hook = key.hook;
-    // Inside one network namespace a packet goes from an ingress hook to an egress hook;
-    // any other pair is two different packets that share a signature.
-    let crossed = slot.sig == sig
-        && slot.at.hook == hook::INGRESS
-        && key.hook == hook::EGRESS
-        && slot.at.ifindex != key.ifindex
-        && now.wrapping_sub(slot.at.ts_ns) < globals::sighting_max_age_ns();
-    if crossed {
-        match HOPS.reserve::<HopEvent>(0) {
-            Some(mut e) => {
-                let ev = e.as_mut_ptr();
-                unsafe {
-                    mem::copy(&raw mut (*ev).from, &slot.at);
-                    mem::copy(&raw mut (*ev).to, here);
-                }
-                let wake = if HOPS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES {
-                    BPF_RB_FORCE_WAKEUP
-                } else {
-                    BPF_RB_NO_WAKEUP
-                };
-                e.submit(wake as u64);
-                count(counter::HOP_EVENTS);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if key.hook == hook::INGRESS {
+        if let Some(slot) = next_sighting_slot() {
+            let slot = unsafe { &mut *slot };
+            slot.sig = sig;
+            slot.at.ts_ns = now;
+            unsafe { mem::copy(sighting_place(&mut slot.at), key) };
+        }
+        return;
+    }
+    // Inside one network namespace a packet goes from an ingress hook to an egress hook; any
+    // other pair is two different packets that share a signature.
+    let Some(slot) = newest_sighting(sig, key.ifindex, now) else { return };
+    let from = unsafe { &mut *slot };
+    match HOPS.reserve::<HopEvent>(0) {
+        Some(mut e) => {
+            let ev = e.as_mut_ptr();
+            unsafe {
+                mem::copy(&raw mut (*ev).from, &from.at);
+                (*ev).to.ts_ns = now;
+                mem::copy(sighting_place(&mut (*ev).to), key);
             }
-            None => {
-                count(counter::RINGBUF_FULL);
-                count(counter::SAMPLES_DROPPED);
-            }
+            let n = count(counter::HOP_EVENTS);
+            let wake = if n.is_multiple_of(FILL_CHECK_EVERY)
+                && HOPS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES
+            {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            e.submit(wake as u64);
+        }
+        None => {
+            count(counter::RINGBUF_FULL);
+            count(counter::SAMPLES_DROPPED);
         }
     }
-    slot.sig = sig;
-    unsafe { mem::copy(&mut slot.at, here) };
+    // Used: a second egress hook of the same packet (a VLAN device, then its trunk) is not
+    // another hop from that ingress.
+    from.at.hook = hook::EGRESS;
+}
+
+/// The part of a `Sighting` after its time, which has `FlowKey`'s layout (tuple, interface,
+/// hook), so a key is copied into it as six words.
+#[inline(always)]
+fn sighting_place(s: *mut Sighting) -> *mut FlowKey {
+    const {
+        assert!(
+            core::mem::offset_of!(Sighting, tuple) == 8 && size_of::<Sighting>() == 8 + size_of::<FlowKey>()
+        );
+        assert!(core::mem::offset_of!(Sighting, ifindex) == 8 + core::mem::offset_of!(FlowKey, ifindex));
+        assert!(core::mem::offset_of!(Sighting, hook) == 8 + core::mem::offset_of!(FlowKey, hook));
+    };
+    unsafe { (&raw mut (*s).tuple).cast::<FlowKey>() }
 }

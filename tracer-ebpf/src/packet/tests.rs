@@ -48,7 +48,7 @@ fn classify(frame: &[u8]) -> (Vec<u32>, Option<(Tuple, u64)>) {
     let mut raised = Raised::default();
     let parsed = classify_frame(&Bytes(frame), &mut t, &mut raised);
     raised.0.sort_unstable();
-    (raised.0, parsed.map(|p| (t, p.sig)))
+    (raised.0, parsed.map(|p| (t, p.inv.signature())))
 }
 
 fn signature(frame: &[u8]) -> u64 {
@@ -240,19 +240,50 @@ fn packets_of_one_flow_get_different_signatures() {
     assert_ne!(signature(&v6), signature(&v6_seq), "IPv6 TCP seq");
 }
 
-/// Sampling takes a packet when `signature & SAMPLE_MASK == 0`; with the default mask 0xf that
-/// is one packet in 16 if the low bits are evenly spread. 4 096 packets of a bulk TCP transfer
-/// (IPv4 id + 1, seq + 1448 each): 256 expected; 192–320 is four standard deviations.
+/// Whether the default sampling (mask 0xf) takes `frame`.
+fn sampled(frame: &[u8]) -> bool {
+    let mut t = Tuple::default();
+    let p = classify_frame(&Bytes(frame), &mut t, &mut Raised::default()).expect("tracked");
+    p.inv.sampled(0xf)
+}
+
+/// Sampling takes one packet in 16 with the default mask 0xf if its decision is evenly spread.
+/// 4 096 packets of a bulk TCP transfer (IPv4 id + 1, seq + 1448 each) and of a UDP stream
+/// (id + 1, a counter in the first payload bytes, as iperf3 sends): 256 expected each;
+/// 192–320 is four standard deviations.
 #[test]
 fn default_sampling_takes_about_one_packet_in_sixteen() {
-    let mut sampled = 0;
+    let (mut tcp_sampled, mut udp_sampled) = (0, 0);
     for i in 0..4096u32 {
         let h = V4 { proto: 6, id: i as u16, ..V4::default() };
         let mut frame = eth(&[], ETH_IPV4, &ipv4(&h, &tcp(40000, 80, 0x10, &[0; 1448])));
         frame[V4_L4 + 4..V4_L4 + 8].copy_from_slice(&(1000 + i * 1448).to_be_bytes());
-        if signature(&frame) & 0xf == 0 {
-            sampled += 1;
-        }
+        tcp_sampled += sampled(&frame) as u32;
+        let h = V4 { proto: 17, id: i as u16, ..V4::default() };
+        let mut payload = [0u8; 64];
+        payload[..4].copy_from_slice(&(i + 1).to_be_bytes());
+        udp_sampled += sampled(&eth(&[], ETH_IPV4, &ipv4(&h, &udp(40000, 5201, &payload)))) as u32;
     }
-    assert!((192..=320).contains(&sampled), "{sampled} of 4096 sampled");
+    assert!((192..=320).contains(&tcp_sampled), "TCP: {tcp_sampled} of 4096 sampled");
+    assert!((192..=320).contains(&udp_sampled), "UDP: {udp_sampled} of 4096 sampled");
+}
+
+/// The sampling decision is made from the invariant fields alone, so a packet rewritten by
+/// SNAT is sampled at both hooks or at neither: over many packets, both cases occur and the
+/// two hooks never disagree.
+#[test]
+fn sampling_agrees_across_snat() {
+    let mut taken = 0;
+    for i in 0..1024u32 {
+        let at = |src: [u8; 4], sport: u16| {
+            let h = V4 { src, proto: 6, id: i as u16, ..V4::default() };
+            let mut f = eth(&[], ETH_IPV4, &ipv4(&h, &tcp(sport, 443, 0x18, &[7; 100])));
+            f[V4_L4 + 4..V4_L4 + 8].copy_from_slice(&(i * 100).to_be_bytes());
+            f
+        };
+        let (veth, eni) = (at([198, 18, 1, 10], 40000), at([198, 18, 0, 5], 61000));
+        assert_eq!(sampled(&veth), sampled(&eni), "packet {i}");
+        taken += sampled(&veth) as u32;
+    }
+    assert!(taken > 0 && taken < 1024, "{taken} of 1024 sampled");
 }

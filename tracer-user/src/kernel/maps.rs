@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, Map, MapData, PerCpuArray, RingBuf},
+    maps::{HashMap, Map, MapData, RingBuf},
 };
 use tracer_common::{CachedFlow, DropKey, DropStats, FlowKey, FlowStats, Tuple, counter, names};
 
@@ -116,13 +116,19 @@ pub fn delete_flows(ebpf: &Ebpf, keys: &[FlowKey]) -> Result<usize> {
     Ok(deleted)
 }
 
+/// The counters summed over CPUs (`COUNTERS` holds `COUNTER_STRIDE` entries per CPU), in one
+/// batched read.
 pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
-    let map = ebpf.map(names::MAP_COUNTERS).ok_or_else(|| anyhow!("COUNTERS map missing"))?;
-    let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map)?;
+    let Some(Map::Array(data)) = ebpf.map(names::MAP_COUNTERS) else {
+        return Err(anyhow!("COUNTERS map missing"));
+    };
     let mut out = [0u64; counter::COUNT as usize];
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = map.get(&(i as u32), 0)?.iter().sum();
-    }
+    batch::entries(data.fd().as_fd(), 1, |i: &u32, v: &[u64]| {
+        if let Some(slot) = out.get_mut((i % tracer_common::COUNTER_STRIDE) as usize) {
+            *slot += v[0];
+        }
+    })
+    .context("reading the COUNTERS map")?;
     Ok(out)
 }
 

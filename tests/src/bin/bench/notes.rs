@@ -3,6 +3,37 @@
 /// not the one above. Never regenerated from a run; edit it (and its date) by hand.
 pub(crate) const DEVELOPMENT_NOTES: &str = r#"## Notes from development (hand-written, dated, not regenerated)
 
+**2026-12-02 (afternoon): where the kernel time went, and what came off.** The stage profile
+below says *what* costs, not *why*; this time the programs were profiled under the benchmark's
+UDP load: `perf record -a -e cpu-clock` (this VM has no hardware PMU), samples inside the
+JITed programs mapped to offsets of their JIT image (dumped with `BPF_OBJ_GET_INFO_BY_FD`,
+disassembled with `objdump`). Under real traffic the warm-cache instruction count matters
+little (a BPF_PROG_TEST_RUN loop of the same packet: ~21 ns over the empty program); the time
+sits on loads that miss, one per distinct cache line or page the program touches, because the
+network stack between two hooks evicts whatever is not touched on every packet. In the
+committed programs before this round, the samples piled up on:
+
+| where | share of the ingress program's samples | change |
+|---|---|---|
+| the sighting slot of a sampled packet (8 192 slots, 512 KiB per CPU, random by signature) | ~20 % (two misses: per-CPU array pointer table, then the slot) | `SIGHTINGS`: each CPU's last 8 ingress sightings written in turn (512 bytes per CPU, stays cached), the egress hook takes the newest with its signature; a plain array with a CPU stride, no pointer table |
+| `COUNTERS[PACKETS]`, the first access (per-CPU array: pointer table, then the value) | ~14 % | a plain array, 32 entries per CPU: one cache line |
+| `skb->dev->ifindex`: the device struct's line | ~6 % | at an ingress hook the skb's own `skb_iif` (set just before the hook) |
+| loading the key as words right after the parser's 1-, 2- and 4-byte stores (no store-to-load forwarding) | ~7 % | each key word written with one 8-byte store |
+| the flow-cache slot | ~13 % | (unchanged: the one line a packet must touch) |
+| the program's entry | ~12 % | (unchanged: the empty program pays it too) |
+
+Also: the sampling decision is one multiply over the packed NAT-invariant fields (the
+three-round hash is computed only for sampled packets); the flow-cache slot hash is one
+multiply; the ring buffer's fill level is read every 64th hop event instead of every event.
+Measured by hand in A/B runs (the benchmark's UDP load, the two builds interleaved with the
+order rotated, run time per run from `kernel.bpf_stats_enabled`, which includes the stats' own
+~60 ns):
+AB_RESULT. Tried and dropped: the hot path's rare branches (new flows, sampling) as BPF
+functions of their own, to shrink the hot code (no gain measured, and LLVM then left an
+uninitialised register copy on one path that the verifier rejects). Left: the flow-cache slot
+and the entry, and the noise: the same build measures ±15 ns from one run of 11 rounds to the
+next on this machine, more than any single change left to make.
+
 **2026-12-02: the kernel cost on this machine, stage by stage.** `cargo xtask bench --only
 kernel-cost` (11 rounds each) on builds with one stage cut at a time, same machine, same day;
 not figures of the run above. The program as committed: 158–159 ns per run against an empty
