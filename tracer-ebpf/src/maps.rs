@@ -43,7 +43,7 @@ pub fn flow_cache_slot(key: &FlowKey) -> Option<(u32, *mut CachedFlow)> {
     // One multiply (Fibonacci hashing, top bits) over the folded words: a slot only has to
     // spread flows, and a collision costs a table lookup, not a wrong count.
     let folded = w[0] ^ w[2] ^ w[4] ^ (w[1] ^ w[3] ^ w[5]).rotate_left(32);
-    let h = (folded.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as u32;
+    let h = (folded.wrapping_mul(tracer_ebpf::signature::FIBONACCI) >> 32) as u32;
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let slots = crate::globals::flow_cache_slots();
     let index = cpu.wrapping_mul(slots) + (h & (slots - 1));

@@ -24,7 +24,7 @@ pub struct Invariants {
 }
 
 /// Fibonacci hashing's multiplier (2^64 / φ): the top bits of `x * K` depend on every bit of x.
-const FIBONACCI: u64 = 0x9e37_79b9_7f4a_7c15;
+pub const FIBONACCI: u64 = 0x9e37_79b9_7f4a_7c15;
 
 impl Invariants {
     /// Whether this packet is sampled under `mask` (a power of two minus one, at most 0xffff):
@@ -46,7 +46,7 @@ impl Invariants {
 /// Mixes one 64-bit word into the running hash (splitmix64 finaliser).
 #[inline(always)]
 pub fn mix(h: u64, v: u64) -> u64 {
-    let mut z = h ^ v.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = h ^ v.wrapping_add(FIBONACCI);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

@@ -124,6 +124,7 @@ pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
     };
     let mut out = [0u64; counter::COUNT as usize];
     batch::entries(data.fd().as_fd(), 1, |i: &u32, v: &[u64]| {
+        // Entries past `COUNT` in a CPU's stride are the kernel's own (its sighting sequence).
         if let Some(slot) = out.get_mut((i % tracer_common::COUNTER_STRIDE) as usize) {
             *slot += v[0];
         }
