@@ -3,6 +3,35 @@
 /// not the one above. Never regenerated from a run; edit it (and its date) by hand.
 pub(crate) const DEVELOPMENT_NOTES: &str = r#"## Notes from development (hand-written, dated, not regenerated)
 
+**2026-12-02 (evening): candidates that did not move the figure.** A/B runs of whole
+`podtrace --pod web-2` builds under the benchmark's UDP load (9 rounds, builds interleaved with
+the order rotated, run time per run summed over both TC programs from
+`kernel.bpf_stats_enabled`); the figure is the median over rounds of the baseline's ns per run
+minus the candidate's (positive: the candidate is cheaper), with the rounds' range:
+
+| candidate | baseline − candidate, ns per run |
+|---|---|
+| no per-packet counters at all (`PACKETS`, `TRACKED` not counted) | −5.4 (−71 to +13) |
+| flow-cache slot count and sample mask as constants (no `.rodata` load on the slot's address) | +1.2 (−26 to +10) |
+| `cold_path()` on every rare branch, so that the hot path is laid out contiguously | −2.5 (−17 to +10) |
+| IPv6 parsing removed (JIT image 9.7 → 7.4 KB per program) | −0.2 (−6 to +9) |
+| sampling off (`--sample-rate 65536`, same build; 7 rounds) against the default 1 in 16 | +10.5 (−8 to +22) |
+
+A `perf` profile of the same load (cpu-clock at 20 kHz) put 25 % of the programs' samples on
+their first instructions, 9 % of the ingress program's on the first load of the `COUNTERS`
+line, 8–10 % on the flow-cache slot's first word and 5 % of the ingress program's on the
+`.rodata` load; removing the counters or the
+`.rodata` load did not lower the run time, so those stalls overlap with others rather than add.
+The hints did not make the hot path contiguous (it still touched 49 distinct 64-byte lines of
+the JIT image), and the smaller image measured the same, so code size is not where the time
+goes either. Only sampling is a measurable piece (~10 ns per run at the default rate, which
+stays: the trace's hop latencies need it). Two builds could not be measured: BPF CPU v3
+(ALU32/JMP32) and a cold hint on the non-linear read fallback; in both, LLVM copied a register
+that is undefined on an error path (the payload of `Result<Parsed, u32>`), and the verifier
+rejects that read (`R1 !read_ok`). Measuring them first needs a parser whose outputs are
+defined on every path. The baseline's own median moved between 114 and 137 ns per run from one
+A/B run to the next on this day: more than the ~18 ns the 1.5× target still needs.
+
 **2026-12-02 (afternoon): where the kernel time went, and what came off.** The stage profile
 below says *what* costs, not *why*; this time the programs were profiled under the benchmark's
 UDP load: `perf record -a -e cpu-clock` (this VM has no hardware PMU), samples inside the
