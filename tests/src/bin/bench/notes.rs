@@ -3,6 +3,14 @@
 /// not the one above. Never regenerated from a run; edit it (and its date) by hand.
 pub(crate) const DEVELOPMENT_NOTES: &str = r#"## Notes from development (hand-written, dated, not regenerated)
 
+**2026-12-02 (evening): the SYN flood's peak RSS is over its budget.** 279.3 MiB in the run
+above and 290.8 MiB in an `--only agent` run the same hour, against the 265 MiB that
+`user_space_budget` allots the DaemonSet's flags (earlier runs with the same flags: 217 and
+234 MiB). Not explained yet. The suspect: each poll builds a summary for every kernel-table
+entry (up to 262 144 during the flood) and only then applies the 50 000 tracked-flow cap, so
+the poll's transient memory follows the number of entries in the table at that moment, which
+depends on where the flood is when the poll runs.
+
 **2026-12-02 (evening): candidates that did not move the figure.** A/B runs of whole
 `podtrace --pod web-2` builds under the benchmark's UDP load (9 rounds, builds interleaved with
 the order rotated, run time per run summed over both TC programs from
