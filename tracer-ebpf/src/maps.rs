@@ -105,8 +105,7 @@ pub fn next_sighting_slot() -> Option<*mut SightingSlot> {
 #[inline(always)]
 pub fn newest_sighting(sig: u64, ifindex: u32, now: u64) -> Option<*mut SightingSlot> {
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let newest =
-        COUNTERS.get_ptr(cpu * COUNTER_STRIDE + SIGHTINGS_WRITTEN).map_or(0, |n| unsafe { *n }) as u32;
+    let newest = this_cpu_counter(SIGHTINGS_WRITTEN).map_or(0, |n| unsafe { *n }) as u32;
     for back in 0..SIGHTING_SLOTS {
         let i = newest.wrapping_sub(back) & (SIGHTING_SLOTS - 1);
         let slot = SIGHTINGS.get_ptr_mut(cpu * SIGHTING_SLOTS + i)?;
@@ -153,11 +152,17 @@ pub static DROPS: PerCpuHashMap<DropKey, DropStats> = PerCpuHashMap::with_max_en
 #[map(name = "RETRANS")]
 pub static RETRANS: PerCpuHashMap<Tuple, u64> = PerCpuHashMap::with_max_entries(8192, 0);
 
+/// This CPU's entry `index` of `COUNTERS`.
+#[inline(always)]
+fn this_cpu_counter(index: u32) -> Option<*mut u64> {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    COUNTERS.get_ptr_mut(cpu * COUNTER_STRIDE + index)
+}
+
 /// Adds one to a counter of this CPU and returns its new value (0 if the index is invalid).
 #[inline(always)]
 pub fn count(index: u32) -> u64 {
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    match COUNTERS.get_ptr_mut(cpu * COUNTER_STRIDE + index) {
+    match this_cpu_counter(index) {
         Some(v) => unsafe {
             *v += 1;
             *v
