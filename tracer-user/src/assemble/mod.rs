@@ -2,6 +2,7 @@
 //! events, union-find over tuples, NAT naming, drops.
 pub mod capture_filter;
 pub mod community_id;
+pub mod conntrack_view;
 pub mod context;
 pub mod drops;
 pub mod flows;

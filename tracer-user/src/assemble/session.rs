@@ -19,6 +19,7 @@ use aya::maps::{MapData, RingBuf};
 use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, HopEvent, Tuple};
 
 use super::{
+    conntrack_view::{CtView, merge_bounded},
     context::{Clock, NodeContext, TracedPod},
     drops::DropNames,
     flows::{self, Observations},
@@ -99,7 +100,7 @@ pub struct Session {
     /// Shared with the views `/flows` answers stream from; copied on write only while one
     /// of them holds it.
     hops: Arc<HopTable>,
-    conntrack: HashMap<Tuple, (CtEntry, Instant)>,
+    conntrack: CtView,
     ct_rx: mpsc::Receiver<Vec<CtEntry>>,
     ct_queue: Arc<CtQueue>,
     ct_stop: Arc<AtomicBool>,
@@ -299,22 +300,10 @@ impl Session {
                 }
             }
         }
-        for c in fresh {
-            if self.keep(&c) {
-                self.conntrack.insert(c.orig, (c, now));
-            }
-        }
+        // Expired entries go first, so that they make room before live ones would.
         self.conntrack.retain(|_, (_, seen)| now.duration_since(*seen) < CT_RETENTION);
-        if self.conntrack.len() > MAX_CONNTRACK {
-            let mut by_age: Vec<(Instant, Tuple)> =
-                self.conntrack.iter().map(|(k, (_, t))| (*t, *k)).collect();
-            by_age.sort();
-            let excess = self.conntrack.len() - MAX_CONNTRACK;
-            for (_, k) in by_age.into_iter().take(excess) {
-                self.conntrack.remove(&k);
-            }
-            self.user.conntrack_evicted += excess as u64;
-        }
+        fresh.retain(|c| self.keep(c));
+        self.user.conntrack_evicted += merge_bounded(&mut self.conntrack, fresh, now, MAX_CONNTRACK);
     }
 
     /// Reads the flow table and counters, drains hop events, refreshes conntrack.

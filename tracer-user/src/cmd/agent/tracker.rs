@@ -14,7 +14,7 @@ use super::{
     AgentArgs,
     export_rounds::ExportRounds,
     flows::FlowView,
-    state::{FlowSummary, Interner, Shared},
+    state::{FlowSummary, Interner, PodKey, Shared},
     totals::{FlowId, Totals},
 };
 use crate::{
@@ -193,15 +193,22 @@ impl Agent {
         self.last = None;
         let snap = self.session.poll()?;
         let t2 = Instant::now();
-        let mut flows: Vec<(FlowSummary, u32)> = Vec::new();
-        let interner = &mut self.interner;
+        // Every flow's gain is counted as it is assembled, whatever becomes of it below; only
+        // what expiry and the cap need is kept of each, not its whole summary.
+        let wall = Instant::now();
+        self.totals.begin();
+        let mut flows: Vec<Ranked> = Vec::new();
+        let (interner, totals) = (&mut self.interner, &mut self.totals);
         let mut round = self.export.as_mut().and_then(ExportRounds::begin);
         let export = &self.export;
         let connection_of = self.session.each_flow(&snap, &self.ctx, &self.pods, |f, connection| {
             if let (Some(e), Some(r)) = (export, round.as_mut()) {
                 e.offer(r, &f);
             }
-            flows.push((FlowSummary::of(&f, interner), connection));
+            let summary = FlowSummary::of(&f, interner);
+            totals.observe(&summary, wall);
+            let FlowSummary { id, pod, last_seen_ms, .. } = summary;
+            flows.push(Ranked { id, pod, last_seen_ms, connection });
         });
         if let (Some(e), Some(r)) = (self.export.as_mut(), round) {
             e.end(r);
@@ -223,19 +230,13 @@ impl Agent {
             vec![0u8; connection_of.iter().filter(|c| **c != u32::MAX).max().map_or(0, |m| *m as usize + 1)];
         let now_ms = self.session.clock.unix_ms(mono_ns());
         let idle_ms = self.args.idle_timeout.as_millis() as u64;
-        flows.sort_unstable_by_key(|(f, _)| std::cmp::Reverse(f.last_seen_ms));
+        flows.sort_unstable_by_key(|f| std::cmp::Reverse(f.last_seen_ms));
         let (mut n_expired, mut n_evicted, mut kept) = (0, 0, 0);
         // Every pod of the node has a flow count, zero included (absent would mean unknown).
         let present: Vec<_> =
             self.pods.iter().map(|p| (self.interner.get(&p.name), self.interner.get(&p.namespace))).collect();
         let mut live_flows: BTreeMap<_, u64> = present.iter().map(|p| (p.clone(), 0)).collect();
-        let wall = Instant::now();
-        self.totals.begin();
-        let mut ids: Vec<(FlowId, u32)> = Vec::with_capacity(flows.len());
-        for (f, connection) in flows {
-            // Every flow's gain is counted, whatever becomes of it below.
-            self.totals.observe(&f, wall);
-            ids.push((f.id, connection));
+        for f in &flows {
             if now_ms.saturating_sub(f.last_seen_ms) > idle_ms {
                 n_expired += 1;
             } else if kept >= self.args.max_tracked_flows {
@@ -243,15 +244,15 @@ impl Agent {
             } else {
                 kept += 1;
                 *live_flows.entry(f.pod.clone()).or_default() += 1;
-                fate[connection as usize] |= KEPT;
+                fate[f.connection as usize] |= KEPT;
                 continue;
             }
-            fate[connection as usize] |= DOOMED;
+            fate[f.connection as usize] |= DOOMED;
         }
         // A doomed connection's entries go, for all its flows: those start again from zero.
-        for (id, connection) in ids {
-            if fate[connection as usize] & DOOMED != 0 {
-                self.totals.forget(&id);
+        for f in flows {
+            if fate[f.connection as usize] & DOOMED != 0 {
+                self.totals.forget(&f.id);
             }
         }
         self.totals.end(present.into_iter(), wall);
@@ -299,6 +300,15 @@ impl Agent {
             pods: self.pods.clone(),
         }
     }
+}
+
+/// What a poll keeps of each flow to apply expiry and the tracked-flow cap.
+struct Ranked {
+    id: FlowId,
+    pod: PodKey,
+    last_seen_ms: u64,
+    /// Index of the flow's connection in the poll's `connection_of`.
+    connection: u32,
 }
 
 #[cfg(test)]
