@@ -3,13 +3,16 @@
 /// not the one above. Never regenerated from a run; edit it (and its date) by hand.
 pub(crate) const DEVELOPMENT_NOTES: &str = r#"## Notes from development (hand-written, dated, not regenerated)
 
-**2026-12-02 (evening): the SYN flood's peak RSS is over its budget.** 279.3 MiB in the run
-above and 290.8 MiB in an `--only agent` run the same hour, against the 265 MiB that
-`user_space_budget` allots the DaemonSet's flags (earlier runs with the same flags: 217 and
-234 MiB). Not explained yet. The suspect: each poll builds a summary for every kernel-table
-entry (up to 262 144 during the flood) and only then applies the 50 000 tracked-flow cap, so
-the poll's transient memory follows the number of entries in the table at that moment, which
-depends on where the flood is when the poll runs.
+**2026-12-02 (evening): the SYN flood's peak RSS, over its budget and back.** The run at
+8d38360 measured 279.3 MiB against the 265 MiB that `user_space_budget` allots the DaemonSet's
+flags, and an `--only agent` run the same hour 290.8 MiB (earlier runs: 217 and 234). The
+agent's RSS logged at each stage of its polls put the jump inside the conntrack refresh. A full
+dump of node-a's table, which the flood had filled, was inserted into the conntrack view before
+the view was trimmed back to its 131 072 entries. The map grew to the dump's size for that
+moment, and it kept that capacity afterwards. The view now stays within its cap while merging:
+a new entry displaces the one seen longest ago, or is left out, and both are counted in
+`conntrack_evicted`. With that change, an `--only agent` run gave 214.9 MiB; the run above gives
+the figure in its table.
 
 **2026-12-02 (evening): candidates that did not move the figure.** A/B runs of whole
 `podtrace --pod web-2` builds under the benchmark's UDP load (9 rounds, builds interleaved with
