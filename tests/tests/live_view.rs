@@ -233,11 +233,14 @@ impl Tmux {
         std::fs::create_dir_all(&dir)?;
         let t = Tmux { socket: format!("{}{name}", lab.prefix()), dir };
         let d = t.dir.display();
+        // Each file is written under a temporary name and renamed, so the test never reads
+        // one that the shell has created but not yet filled.
         let script = format!(
             "stty -g > {d}/stty.before\n\
-             sh -c 'echo $$ > {d}/pid; exec ip netns exec {ns} {bin} --pod web-2 --pods-file {pf}'\n\
+             sh -c 'echo $$ > {d}/pid.tmp; mv {d}/pid.tmp {d}/pid; \
+                    exec ip netns exec {ns} {bin} --pod web-2 --pods-file {pf}'\n\
              echo $? > {d}/exit\n\
-             stty -g > {d}/stty.after\n\
+             stty -g > {d}/stty.tmp; mv {d}/stty.tmp {d}/stty.after\n\
              sleep 600\n",
             ns = lab.ns("node-a"),
             bin = tests::podtrace_bin().display(),
