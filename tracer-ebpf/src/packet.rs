@@ -23,17 +23,56 @@ const ETH_P_8021AD: u16 = 0x88a8;
 /// IPv6 extension headers followed before giving up (counted in `IPV6_EXT_LIMIT`).
 const MAX_IPV6_EXT: usize = 6;
 
-/// What the flow table needs from one packet besides its tuple (written in place).
+/// What the flow table needs from one packet besides its tuple.
+///
+/// The parser writes it through a reference and returns a plain [`Verdict`], rather than
+/// returning `Result<Parsed, _>`: in an enum, the payload is undefined on the other variant's
+/// paths, and LLVM may copy that undefined register, which the verifier rejects (`!read_ok`;
+/// seen with BPF CPU v3 and with cold-path hints). Every field here is defined on every path.
 pub struct Parsed {
     /// The packet's NAT-invariant fields, see `signature`.
     pub inv: Invariants,
     pub tcp_flags: u8,
-    /// Set when the packet was tracked without ports; names the counter to bump.
-    pub note: Option<u32>,
+    /// The counter to bump when the packet is tracked without ports, or [`NO_NOTE`].
+    pub note: u32,
 }
 
-/// The outcome of parsing, `Err` holding the counter that explains why nothing was tracked.
-pub type ParseResult = Result<Parsed, u32>;
+/// `Parsed::note` of a packet tracked with its ports.
+pub const NO_NOTE: u32 = u32::MAX;
+
+/// The outcome of parsing: [`TRACKED`], or the counter that explains why nothing was tracked.
+pub type Verdict = u32;
+
+/// The packet is tracked (no counter has this index).
+pub const TRACKED: Verdict = u32::MAX;
+
+impl Default for Parsed {
+    #[inline(always)]
+    fn default() -> Self {
+        Parsed { inv: Invariants::default(), tcp_flags: 0, note: NO_NOTE }
+    }
+}
+
+impl Parsed {
+    /// Records a packet tracked without ports (fragments, other protocols): only the network
+    /// layer's invariants, and the counter that says so.
+    #[inline(always)]
+    fn without_ports(&mut self, l3: u64, note: u32) -> Verdict {
+        self.inv = Invariants { l3, ..Invariants::default() };
+        self.note = note;
+        TRACKED
+    }
+}
+
+/// `r.read(off)`, or returns `counter::MALFORMED` from the enclosing parser.
+macro_rules! read_or_malformed {
+    ($r:expr, $ty:ty, $off:expr) => {
+        match $r.read::<$ty>($off) {
+            Some(v) => v,
+            None => return counter::MALFORMED,
+        }
+    };
+}
 
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
@@ -52,36 +91,38 @@ pub trait Counters {
 
 /// What a TC program makes of a frame before its flow table: parses it into `t` and counts
 /// what is odd about it (a VLAN tag; why it is not tracked; why it is tracked without ports).
-/// `None`: the frame is not tracked.
+/// `p` must start as `Parsed::default()`. Returns whether the frame is tracked.
 #[inline(always)]
-pub fn classify_frame<R: Reader, C: Counters>(r: &R, t: &mut Tuple, counters: &mut C) -> Option<Parsed> {
-    let (parsed, vlan) = parse_ethernet(r, t);
+pub fn classify_frame<R: Reader, C: Counters>(
+    r: &R,
+    t: &mut Tuple,
+    p: &mut Parsed,
+    counters: &mut C,
+) -> bool {
+    let (verdict, vlan) = parse_ethernet(r, t, p);
     if vlan {
         counters.count(counter::VLAN);
     }
-    let p = match parsed {
-        Ok(p) => p,
-        Err(reason) => {
-            counters.count(reason);
-            return None;
-        }
-    };
+    if verdict != TRACKED {
+        counters.count(verdict);
+        return false;
+    }
     if local_scope(t) {
         counters.count(counter::LOCAL_SCOPE);
-        return None;
+        return false;
     }
     // Notes say how a tracked packet is tracked, so they come after the last reason not to.
-    if let Some(note) = p.note {
-        counters.count(note);
+    if p.note != NO_NOTE {
+        counters.count(p.note);
     }
-    Some(p)
+    true
 }
 
 /// Parses from the Ethernet header at offset 0. Also reports whether a VLAN tag was present.
 #[inline(always)]
-pub fn parse_ethernet<R: Reader>(r: &R, t: &mut Tuple) -> (ParseResult, bool) {
+pub fn parse_ethernet<R: Reader>(r: &R, t: &mut Tuple, p: &mut Parsed) -> (Verdict, bool) {
     let Some(mut proto) = r.read::<[u8; 2]>(12).map(be16) else {
-        return (Err(counter::MALFORMED), false);
+        return (counter::MALFORMED, false);
     };
     let mut off = 14usize;
     let mut vlan = false;
@@ -93,63 +134,62 @@ pub fn parse_ethernet<R: Reader>(r: &R, t: &mut Tuple) -> (ParseResult, bool) {
         vlan = true;
         match r.read::<[u8; 2]>(off + 2) {
             Some(b) => proto = be16(b),
-            None => return (Err(counter::MALFORMED), vlan),
+            None => return (counter::MALFORMED, vlan),
         }
         off += 4;
     }
-    (parse_l3(r, proto, off, t), vlan)
+    (parse_l3(r, proto, off, t, p), vlan)
 }
 
 /// Parses from the network header at `off`, given the ethertype.
 #[inline(always)]
-pub fn parse_l3<R: Reader>(r: &R, ethertype: u16, off: usize, t: &mut Tuple) -> ParseResult {
+pub fn parse_l3<R: Reader>(r: &R, ethertype: u16, off: usize, t: &mut Tuple, p: &mut Parsed) -> Verdict {
     match ethertype {
-        ETH_P_IP => parse_ipv4(r, off, t),
-        ETH_P_IPV6 => parse_ipv6(r, off, t),
-        _ => Err(counter::NON_IP),
+        ETH_P_IP => parse_ipv4(r, off, t, p),
+        ETH_P_IPV6 => parse_ipv6(r, off, t, p),
+        _ => counter::NON_IP,
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
+fn parse_ipv4<R: Reader>(r: &R, off: usize, t: &mut Tuple, p: &mut Parsed) -> Verdict {
     // version/ihl, tos, total length, id, flags/fragment offset, ttl, protocol, checksum
-    let h = r.read::<[u8; 12]>(off).ok_or(counter::MALFORMED)?;
+    let h = read_or_malformed!(r, [u8; 12], off);
     if h[0] >> 4 != 4 {
-        return Err(counter::MALFORMED);
+        return counter::MALFORMED;
     }
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     let total = be16([h[2], h[3]]) as usize;
     if ihl < 20 || total < ihl {
-        return Err(counter::MALFORMED);
+        return counter::MALFORMED;
     }
     let id = be16([h[4], h[5]]);
     let frag = be16([h[6], h[7]]);
     let frag_offset = frag & 0x1fff;
     let proto = h[9];
-    let a = r.read::<[u8; 8]>(off + 12).ok_or(counter::MALFORMED)?;
+    let a = read_or_malformed!(r, [u8; 8], off + 12);
     t.set_v4_addrs([a[0], a[1], a[2], a[3]], [a[4], a[5], a[6], a[7]]);
     let l4_len = (total - ihl) as u64;
     let l3 = (l4_len << 48) | ((id as u64) << 32) | ((frag as u64) << 16) | ((proto as u64) << 8) | 4;
     if frag_offset != 0 {
         // Not the first fragment: there is no L4 header to read ports from.
         t.set_ports(0, 0, proto, FAMILY_V4);
-        let inv = Invariants { l3, ..Invariants::default() };
-        return Ok(Parsed { inv, tcp_flags: 0, note: Some(counter::FRAGMENTS) });
+        return p.without_ports(l3, counter::FRAGMENTS);
     }
-    parse_l4(r, t, off + ihl, l3, proto, FAMILY_V4)
+    parse_l4(r, t, p, off + ihl, l3, proto, FAMILY_V4)
 }
 
 #[inline(always)]
-fn parse_ipv6<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
-    let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
+fn parse_ipv6<R: Reader>(r: &R, off: usize, t: &mut Tuple, p: &mut Parsed) -> Verdict {
+    let h = read_or_malformed!(r, [u8; 8], off);
     if h[0] >> 4 != 6 {
-        return Err(counter::MALFORMED);
+        return counter::MALFORMED;
     }
     let flow_label = be32([h[0], h[1], h[2], h[3]]) & 0x000f_ffff;
     let payload = be16([h[4], h[5]]) as usize;
     let mut next = h[6];
     if !r.read_into(off + 8, &mut t.src) || !r.read_into(off + 24, &mut t.dst) {
-        return Err(counter::MALFORMED);
+        return counter::MALFORMED;
     }
     let mut l4 = off + 40;
     let end = l4 + payload;
@@ -159,20 +199,20 @@ fn parse_ipv6<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
         match next {
             // hop-by-hop, routing, destination options: length in 8-octet units after the first 8
             0 | 43 | 60 => {
-                let e = r.read::<[u8; 2]>(l4).ok_or(counter::MALFORMED)?;
+                let e = read_or_malformed!(r, [u8; 2], l4);
                 next = e[0];
                 l4 += (e[1] as usize + 1) * 8;
             }
             // fragment header: fixed 8 bytes
             44 => {
-                let e = r.read::<[u8; 4]>(l4).ok_or(counter::MALFORMED)?;
+                let e = read_or_malformed!(r, [u8; 4], l4);
                 next = e[0];
                 non_first_fragment = be16([e[2], e[3]]) >> 3 != 0;
                 l4 += 8;
             }
             // authentication header: length in 4-octet units, minus 2
             51 => {
-                let e = r.read::<[u8; 2]>(l4).ok_or(counter::MALFORMED)?;
+                let e = read_or_malformed!(r, [u8; 2], l4);
                 next = e[0];
                 l4 += (e[1] as usize + 2) * 4;
             }
@@ -181,46 +221,53 @@ fn parse_ipv6<R: Reader>(r: &R, off: usize, t: &mut Tuple) -> ParseResult {
         i += 1;
     }
     if l4 > end {
-        return Err(counter::MALFORMED);
+        return counter::MALFORMED;
     }
     let l4_len = (end - l4) as u64; // at most the 16-bit payload length
     let l3 = (l4_len << 48) | ((flow_label as u64) << 16) | ((next as u64) << 8) | 6;
-    let inv = Invariants { l3, ..Invariants::default() };
     if matches!(next, 0 | 43 | 60 | 44 | 51) {
         // Still inside the extension header chain after MAX_IPV6_EXT headers.
         t.set_ports(0, 0, next, FAMILY_V6);
-        return Ok(Parsed { inv, tcp_flags: 0, note: Some(counter::IPV6_EXT_LIMIT) });
+        return p.without_ports(l3, counter::IPV6_EXT_LIMIT);
     }
     if non_first_fragment {
         t.set_ports(0, 0, next, FAMILY_V6);
-        return Ok(Parsed { inv, tcp_flags: 0, note: Some(counter::FRAGMENTS) });
+        return p.without_ports(l3, counter::FRAGMENTS);
     }
-    parse_l4(r, t, l4, l3, next, FAMILY_V6)
+    parse_l4(r, t, p, l4, l3, next, FAMILY_V6)
 }
 
 #[inline(always)]
-fn parse_l4<R: Reader>(r: &R, t: &mut Tuple, off: usize, l3: u64, proto: u8, family: u8) -> ParseResult {
+fn parse_l4<R: Reader>(
+    r: &R,
+    t: &mut Tuple,
+    p: &mut Parsed,
+    off: usize,
+    l3: u64,
+    proto: u8,
+    family: u8,
+) -> Verdict {
     match proto {
         PROTO_TCP => {
             // ports, seq, ack, data offset, flags, window
-            let h = r.read::<[u8; 16]>(off).ok_or(counter::MALFORMED)?;
+            let h = read_or_malformed!(r, [u8; 16], off);
             t.set_ports(be16([h[0], h[1]]), be16([h[2], h[3]]), proto, family);
             let seq = be32([h[4], h[5], h[6], h[7]]) as u64;
             let ack = be32([h[8], h[9], h[10], h[11]]) as u64;
             let flags = h[13];
             let window = be16([h[14], h[15]]) as u64;
-            let inv = Invariants { l3, l4: (seq << 32) | ack, l4_extra: (window << 8) | flags as u64 };
-            Ok(Parsed { inv, tcp_flags: flags, note: None })
+            p.inv = Invariants { l3, l4: (seq << 32) | ack, l4_extra: (window << 8) | flags as u64 };
+            p.tcp_flags = flags;
         }
         PROTO_UDP => {
-            let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
+            let h = read_or_malformed!(r, [u8; 8], off);
             t.set_ports(be16([h[0], h[1]]), be16([h[2], h[3]]), proto, family);
             // The first payload bytes only feed the hash; they never leave the kernel.
             let head = r.read::<u64>(off + 8).unwrap_or(0);
-            Ok(Parsed { inv: Invariants { l3, l4: head, l4_extra: 0 }, tcp_flags: 0, note: None })
+            p.inv = Invariants { l3, l4: head, l4_extra: 0 };
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            let h = r.read::<[u8; 8]>(off).ok_or(counter::MALFORMED)?;
+            let h = read_or_malformed!(r, [u8; 8], off);
             let (ty, code) = (h[0], h[1]);
             let echo = if proto == PROTO_ICMP { ty == 8 || ty == 0 } else { ty == 128 || ty == 129 };
             let seq = be16([h[6], h[7]]) as u64;
@@ -232,14 +279,14 @@ fn parse_l4<R: Reader>(r: &R, t: &mut Tuple, off: usize, l3: u64, proto: u8, fam
                 t.set_ports(ty as u16, code as u16, proto, family);
             }
             let l4 = (seq << 16) | ((ty as u64) << 8) | code as u64;
-            Ok(Parsed { inv: Invariants { l3, l4, l4_extra: 0 }, tcp_flags: 0, note: None })
+            p.inv = Invariants { l3, l4, l4_extra: 0 };
         }
         _ => {
             t.set_ports(0, 0, proto, family);
-            let inv = Invariants { l3, ..Invariants::default() };
-            Ok(Parsed { inv, tcp_flags: 0, note: Some(counter::OTHER_L4) })
+            return p.without_ports(l3, counter::OTHER_L4);
         }
     }
+    TRACKED
 }
 
 /// Multicast, broadcast and IPv6 link-local: neighbour discovery and the like, never a pod

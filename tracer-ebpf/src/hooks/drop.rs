@@ -17,7 +17,7 @@ use crate::{
     maps::{DROPS, count, wanted},
     mem,
 };
-use tracer_ebpf::packet::{Reader, local_scope, parse_l3};
+use tracer_ebpf::packet::{Parsed, Reader, TRACKED, local_scope, parse_l3};
 
 /// Reads packet bytes from kernel memory starting at the network header.
 struct KernelPacket {
@@ -78,7 +78,10 @@ fn record(l: &KernelLayout, skb: u64, location: u64, reason: u32) -> Option<()> 
     }
     let mut key_slot = MaybeUninit::<DropKey>::uninit();
     let key = mem::zeroed(&mut key_slot);
-    parse_l3(&KernelPacket { base: head + network as u64 }, u16::from_be(proto), 0, &mut key.tuple).ok()?;
+    let packet = KernelPacket { base: head + network as u64 };
+    if parse_l3(&packet, u16::from_be(proto), 0, &mut key.tuple, &mut Parsed::default()) != TRACKED {
+        return None;
+    }
     if local_scope(&key.tuple) || !wanted(&key.tuple) {
         return None;
     }

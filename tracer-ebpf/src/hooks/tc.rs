@@ -25,7 +25,7 @@ use crate::{
     },
     mem,
 };
-use tracer_ebpf::packet::{Reader, classify_frame};
+use tracer_ebpf::packet::{Parsed, Reader, classify_frame};
 
 /// TC_ACT_UNSPEC (-1) is also TCX_NEXT: "not my decision", the packet continues unchanged to
 /// the next program / the stack. podtrace never returns anything else.
@@ -130,10 +130,11 @@ fn observe(ctx: &TcContext, hook: u8) {
     count(counter::PACKETS);
     let mut key_slot = MaybeUninit::<FlowKey>::uninit();
     let key = mem::zeroed(&mut key_slot);
-    let Some(p) = classify_frame(&Skb(ctx), &mut key.tuple, &mut KernelCounters) else {
+    let mut p = Parsed::default();
+    if !classify_frame(&Skb(ctx), &mut key.tuple, &mut p, &mut KernelCounters) {
         capture::capture(ctx, hook, None, false);
         return;
-    };
+    }
     let skb = ctx.as_ptr() as *const __sk_buff;
     let len = unsafe { (*skb).len };
     // At an ingress hook the receiving interface is also in the skb itself (`skb_iif`, set

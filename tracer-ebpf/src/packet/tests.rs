@@ -46,9 +46,10 @@ impl Counters for Raised {
 fn classify(frame: &[u8]) -> (Vec<u32>, Option<(Tuple, u64)>) {
     let mut t = Tuple::default();
     let mut raised = Raised::default();
-    let parsed = classify_frame(&Bytes(frame), &mut t, &mut raised);
+    let mut p = Parsed::default();
+    let tracked = classify_frame(&Bytes(frame), &mut t, &mut p, &mut raised);
     raised.0.sort_unstable();
-    (raised.0, parsed.map(|p| (t, p.inv.signature())))
+    (raised.0, tracked.then(|| (t, p.inv.signature())))
 }
 
 fn signature(frame: &[u8]) -> u64 {
@@ -243,7 +244,8 @@ fn packets_of_one_flow_get_different_signatures() {
 /// Whether the default sampling (mask 0xf) takes `frame`.
 fn sampled(frame: &[u8]) -> bool {
     let mut t = Tuple::default();
-    let p = classify_frame(&Bytes(frame), &mut t, &mut Raised::default()).expect("tracked");
+    let mut p = Parsed::default();
+    assert!(classify_frame(&Bytes(frame), &mut t, &mut p, &mut Raised::default()), "tracked");
     p.inv.sampled(0xf)
 }
 
