@@ -3,6 +3,30 @@
 /// not the one above. Never regenerated from a run; edit it (and its date) by hand.
 pub(crate) const DEVELOPMENT_NOTES: &str = r#"## Notes from development (hand-written, dated, not regenerated)
 
+**2026-12-02 (late): a parser whose outputs are all defined, BPF CPU v3, and the ring
+buffer's share.** The parser now writes its result through a reference and returns a plain
+verdict (c2b05ec). With that change, a BPF CPU v3 build (ALU32/JMP32, `-C target-cpu=v3`,
+built by hand because `aya_build` passes no extra flags) passes the verifier and could be
+measured. A/B runs as in the next note (baseline − candidate, positive: the candidate is cheaper;
+median over rounds, with the rounds' range):
+
+| candidate | baseline | rounds | baseline − candidate, ns per run |
+|---|---|---|---|
+| the parser with a verdict and an out-parameter (committed) | the commit before | 18 | +2.7 (−14 to +30) |
+| the same, built for BPF CPU v3 (JIT image 10.1 → 9.8 KB) | the parser above | 18 | −4.5 (−22 to +16) |
+| no ring-buffer record (sightings still paired, nothing reserved) | the parser above | 11 | +5.7 (−4 to +18) |
+| one `COUNTERS` lookup per run (a CPU's counters as one entry, each count a store at a constant offset) | the parser above | 26 | +2.3 (−52 to +36) |
+
+Neither v3 nor the single lookup is kept: no gain stood out of the noise, and v3 would also
+need our own cargo invocation for the eBPF crate. The baseline's median was 116 ns per run in
+the first of these runs and 152 ns an hour later, on the same build. The ring-buffer record
+(~6 ns per run) is the largest single piece measured so far, and the hop events need it. A new
+profile (same method as the afternoon note) put ~29 % of both programs' samples on their first
+instructions. The empty program pays that entry too: this kernel calls BPF programs through a
+retpoline. An estimate from that share: ~20 ns of the empty program's ~67 ns per run is the
+entry, the rest the dispatch and the statistics' own clock reads. For 1.5×, podtrace would have
+~33 ns per run for everything after its entry; it spends ~49 ns.
+
 **2026-12-02 (evening): the SYN flood's peak RSS, over its budget and back.** The run at
 8d38360 measured 279.3 MiB against the 265 MiB that `user_space_budget` allots the DaemonSet's
 flags, and an `--only agent` run the same hour 290.8 MiB (earlier runs: 217 and 234). The
