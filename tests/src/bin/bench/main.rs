@@ -198,37 +198,8 @@ impl Bench {
         let node = self.ns("node-a");
         match cfg {
             Config::Untraced => Ok(Active::None),
-            Config::Podtrace => {
-                let pods = self.lab.pods_file();
-                let mut c = Command::new("ip")
-                    .args(["netns", "exec", &node])
-                    .arg(&self.podtrace)
-                    .args(["--pod", "web-2", "--pods-file"])
-                    .arg(&pods)
-                    .args(["-o", "json"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()?;
-                wait_for_line(&mut c, "tracing")?;
-                Ok(Active::Process(vec![c]))
-            }
-            Config::Empty => {
-                let ifaces = self.ifaces.clone();
-                let e = netns::run_in(&node, move || {
-                    let mut e = load::load(&load::LoadOptions::default())?;
-                    let p: &mut SchedClassifier =
-                        e.program_mut(names::PROG_TC_NOOP).context("noop")?.try_into()?;
-                    p.load()?;
-                    for i in &ifaces {
-                        let idx = netlink::ifindex(i).ok_or_else(|| anyhow!("no {i}"))?;
-                        for d in [TcAttachType::Ingress, TcAttachType::Egress] {
-                            p.attach(idx, TcAttach::Tcx { attach_type: d, order: LinkOrder::first() })?;
-                        }
-                    }
-                    Ok(e)
-                })?;
-                Ok(Active::Programs(e))
-            }
+            Config::Podtrace => self.start_podtrace(&[]),
+            Config::Empty => self.attach_empty(true),
             Config::Tcpdump => {
                 let mut v = Vec::new();
                 for i in &self.ifaces {
@@ -243,6 +214,42 @@ impl Bench {
                 Ok(Active::Process(v))
             }
         }
+    }
+
+    /// `podtrace --pod web-2` with `extra` arguments, once it traces.
+    fn start_podtrace(&self, extra: &[&str]) -> Result<Active> {
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &self.ns("node-a")])
+            .arg(&self.podtrace)
+            .args(["--pod", "web-2", "--pods-file"])
+            .arg(self.lab.pods_file())
+            .args(["-o", "json"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        wait_for_line(&mut c, "tracing")?;
+        Ok(Active::Process(vec![c]))
+    }
+
+    /// podtrace's empty program on the traced hooks, before (`first`) or after the programs
+    /// already attached there.
+    fn attach_empty(&self, first: bool) -> Result<Active> {
+        let ifaces = self.ifaces.clone();
+        let e = netns::run_in(&self.ns("node-a"), move || {
+            let mut e = load::load(&load::LoadOptions::default())?;
+            let p: &mut SchedClassifier = e.program_mut(names::PROG_TC_NOOP).context("noop")?.try_into()?;
+            p.load()?;
+            for i in &ifaces {
+                let idx = netlink::ifindex(i).ok_or_else(|| anyhow!("no {i}"))?;
+                for d in [TcAttachType::Ingress, TcAttachType::Egress] {
+                    let order = if first { LinkOrder::first() } else { LinkOrder::last() };
+                    p.attach(idx, TcAttach::Tcx { attach_type: d, order })?;
+                }
+            }
+            Ok(e)
+        })?;
+        Ok(Active::Programs(e))
     }
 
     fn iperf(&self, udp: bool, secs: u32) -> Result<f64> {
@@ -300,45 +307,37 @@ impl Bench {
     }
 
     /// ns per run of podtrace's programs and of the empty program (BPF_ENABLE_STATS) under a
-    /// UDP load, in interleaved rounds.
-    fn ns_per_packet(&self) -> Result<KernelCost> {
+    /// UDP load. In each round both are attached to the same hooks at once and measured over
+    /// the same packets, so that the ratio of a round never compares two moments of this noisy
+    /// machine; the empty program goes first in the chain in even rounds, last in odd ones.
+    /// `extra`: podtrace's arguments besides `--pod web-2`.
+    fn ns_per_packet(&self, extra: &[&str]) -> Result<KernelCost> {
         let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)?;
-        let per = |cfg: Config, want: &[&str]| -> Result<(f64, u64)> {
-            let active = self.start(cfg)?;
-            let ids = self.attached_ids()?;
-            let before = self.prog_stats(&ids, want)?;
-            self.iperf(true, if self.quick { 1 } else { 2 })?;
-            let after = self.prog_stats(&ids, want)?;
-            drop(active);
-            let (t, c) = (after.0 - before.0, after.1 - before.1);
-            if c == 0 {
-                bail!("{want:?} did not run under the UDP load");
-            }
-            Ok((t as f64 / c as f64, c))
-        };
+        let podtrace = [names::PROG_TC_INGRESS, names::PROG_TC_EGRESS];
+        let empty = [names::PROG_TC_NOOP];
         let mut k = KernelCost::default();
         for r in 0..if self.quick { 3 } else { 11 } {
-            let mut one = |cfg: Config| -> Result<()> {
-                if cfg == Config::Podtrace {
-                    let (ns, runs) = per(cfg, &[names::PROG_TC_INGRESS, names::PROG_TC_EGRESS])?;
-                    k.podtrace.push(ns);
-                    k.podtrace_runs += runs;
-                } else {
-                    let (ns, runs) = per(cfg, &[names::PROG_TC_NOOP])?;
-                    k.empty.push(ns);
-                    k.empty_runs += runs;
+            let traced = self.start_podtrace(extra)?;
+            let floor = self.attach_empty(r % 2 == 0)?;
+            let ids = self.attached_ids()?;
+            let before = (self.prog_stats(&ids, &podtrace)?, self.prog_stats(&ids, &empty)?);
+            self.iperf(true, if self.quick { 1 } else { 2 })?;
+            let after = (self.prog_stats(&ids, &podtrace)?, self.prog_stats(&ids, &empty)?);
+            drop(floor);
+            drop(traced);
+            let per_run = |b: (u64, u64), a: (u64, u64), what: &[&str]| -> Result<(f64, u64)> {
+                let (t, c) = (a.0 - b.0, a.1 - b.1);
+                if c == 0 {
+                    bail!("{what:?} did not run under the UDP load");
                 }
-                Ok(())
+                Ok((t as f64 / c as f64, c))
             };
-            // Alternate which goes first, as the other figures rotate their order.
-            let order = if r % 2 == 0 {
-                [Config::Podtrace, Config::Empty]
-            } else {
-                [Config::Empty, Config::Podtrace]
-            };
-            for cfg in order {
-                one(cfg)?;
-            }
+            let (ns, runs) = per_run(before.0, after.0, &podtrace)?;
+            k.podtrace.push(ns);
+            k.podtrace_runs += runs;
+            let (ns, runs) = per_run(before.1, after.1, &empty)?;
+            k.empty.push(ns);
+            k.empty_runs += runs;
         }
         Ok(k)
     }
@@ -380,6 +379,10 @@ impl Bench {
         Ok((t, c))
     }
 }
+
+/// The DaemonSet's sample rate (`deploy/daemonset.yaml`, the agent's default), for the second
+/// row of figure 3.
+const AGENT_SAMPLE_RATE: [&str; 2] = ["--sample-rate", "64"];
 
 /// Figure 3: ns per run of each round, and the runs measured in all.
 #[derive(Default)]
@@ -520,14 +523,16 @@ fn main() -> Result<()> {
         quick: args.quick,
     };
     if args.kernel_cost_only {
-        let k = b.ns_per_packet()?;
-        let (r, lo, hi) = spread(&k.ratios());
-        println!(
-            "podtrace {:.1} ns/run, empty {:.1} ns/run (medians of {} rounds): {r:.2}x ({lo:.2} – {hi:.2})",
-            spread(&k.podtrace).0,
-            spread(&k.empty).0,
-            k.podtrace.len()
-        );
+        for (what, extra) in [("default", &[][..]), ("--sample-rate 64", &AGENT_SAMPLE_RATE[..])] {
+            let k = b.ns_per_packet(extra)?;
+            let (r, lo, hi) = spread(&k.ratios());
+            println!(
+                "podtrace ({what}) {:.1} ns/run, empty {:.1} ns/run (medians of {} rounds): {r:.2}x ({lo:.2} – {hi:.2})",
+                spread(&k.podtrace).0,
+                spread(&k.empty).0,
+                k.podtrace.len()
+            );
+        }
         return Ok(());
     }
     if args.poll_cost_only {
@@ -557,7 +562,8 @@ fn main() -> Result<()> {
     stage(t0, "UDP 64-byte packets/s");
     let (udp, udp_cpu) = b.rounds(true)?;
     stage(t0, "kernel ns per packet");
-    let kernel = b.ns_per_packet()?;
+    let kernel = b.ns_per_packet(&[])?;
+    let kernel_agent_rate = b.ns_per_packet(&AGENT_SAMPLE_RATE)?;
     stage(t0, "capture path, kernel ns per packet");
     let capture = b.capture_cost()?;
     stage(t0, "agent");
@@ -567,7 +573,8 @@ fn main() -> Result<()> {
     let million = scale::million_tracked(&b, &sock, million_flows(b.quick))?;
     stage(t0, "poll cost against CPUs and flows");
     let poll = poll_cost::measure(args.quick)?;
-    let run = Run { tcp, tcp_cpu, udp, udp_cpu, kernel, capture, agent, million, poll, clock };
+    let run =
+        Run { tcp, tcp_cpu, udp, udp_cpu, kernel, kernel_agent_rate, capture, agent, million, poll, clock };
     let report = render(&args, &run);
     print!("{report}");
     if let Some(out) = &args.out {
@@ -588,7 +595,9 @@ struct Run {
     tcp_cpu: CpuUse,
     udp: Rounds,
     udp_cpu: CpuUse,
+    /// Figure 3 at podtrace's default sample rate, and at the agent's.
     kernel: KernelCost,
+    kernel_agent_rate: KernelCost,
     capture: CaptureCost,
     agent: AgentFigures,
     million: scale::MillionTracked,

@@ -3,6 +3,29 @@
 /// not the one above. Never regenerated from a run; edit it (and its date) by hand.
 pub(crate) const DEVELOPMENT_NOTES: &str = r#"## Notes from development (hand-written, dated, not regenerated)
 
+**2026-12-03: figure 3 measured on the same packets, and the sample rate's share.** Until
+this run, each round measured podtrace for 2 s and then the empty program for 2 s; the
+machine's drift between the two windows went straight into the round's ratio (rounds of
+1.54–2.60× in the run of 1d61ad6). Both are now attached to the same six hooks at once, the
+empty program first in the chain in even rounds and last in odd ones, and each round's ratio
+divides run times measured over the same packets. Six runs of 11 rounds on c44c5ca's
+programs, the same morning: 1.68× (rounds 1.64–1.84), 1.68× (1.61–1.91), 1.70× (1.58–1.90),
+1.66× (1.58–1.83), 1.75× (1.61–1.96), 1.77× (1.64–1.84) at the default 1 in 16; with
+`--sample-rate 64`, 1.61× (1.47–1.73) and 1.54× (1.51–1.74). The medians now stay within
+1.66–1.77 from run to run where they used to move by ±0.3, and they still miss 1.5×: sampling 1 in 16 costs ~10 ns per run
+(~320 ns per sampled packet), and the rest is ~38 ns after the entry.
+
+A new profile of the same load (same method as the afternoon note of 2026-12-02): 19–22 % of
+the programs' samples on their entry, 7–9 % on the first load of the `COUNTERS` line, 6–10 % on
+the flow-cache slot's first word, and `bpf_ringbuf_submit` at ~6 % of the programs' own
+samples (its `xchg` on the record header waits for the record's stores to lines that the
+consumer last held). The kernel places an array's values 56 bytes into a cache line unless
+the array is mappable, so a CPU's `PACKETS` and `TRACKED` counters sit in two lines and every
+64-byte sighting slot straddles two. `COUNTERS` and `SIGHTINGS` made mappable (page-aligned)
+measured 1.64×, 1.72× and 1.67× against the unchanged build's 1.66×, 1.75× and 1.77× in
+interleaved runs: within the runs' spread, and a mappable array moves from the linear map to
+4 KiB vmalloc pages, so it was not kept.
+
 **2026-12-02 (late): a parser whose outputs are all defined, BPF CPU v3, and the ring
 buffer's share.** The parser now writes its result through a reference and returns a plain
 verdict (c2b05ec). With that change, a BPF CPU v3 build (ALU32/JMP32, `-C target-cpu=v3`,
