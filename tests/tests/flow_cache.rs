@@ -1,6 +1,6 @@
 //! The flow cache (a per-CPU, direct-mapped front of the flow table) through the real
 //! classifier with BPF_PROG_TEST_RUN: counts stay exact whether a flow's packets land in a
-//! cache slot, in the table, or both, and deleting a flow frees its slot.
+//! cache slot, in the table, or both, and deleting a flow frees its slots.
 use std::collections::HashMap;
 
 use anyhow::Result;
@@ -117,6 +117,49 @@ fn deleting_a_flow_frees_its_cache_slot() -> Result<()> {
     let samples = maps::read_counters(&tracer.ebpf)?[counter::SAMPLES as usize];
     send(prog, &pkt)?;
     assert_eq!(counts(&tracer)?.get(&4242).map(|c| c.0), Some(1));
+    assert_eq!(maps::read_counters(&tracer.ebpf)?[counter::SAMPLES as usize], samples + 1, "sampled as new");
+    Ok(())
+}
+
+/// Runs the rest of this thread on `cpu` only (BPF_PROG_TEST_RUN runs where its caller does).
+fn pin_to(cpu: usize) -> Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
+}
+
+/// A flow's first packet on a second CPU takes that CPU's slot empty (the table counts the
+/// packet). Deleting the flow must free that slot too; it used to stay holding the key, so the
+/// flow's next packet on that CPU was counted in it and never came back as new (not sampled,
+/// no first time). Seen as a rare CI failure of the test above when its thread changed CPU.
+#[test]
+fn deleting_a_flow_frees_the_empty_slot_it_took_on_another_cpu() -> Result<()> {
+    let cpus = std::thread::available_parallelism()?.get();
+    assert!(cpus >= 2, "this test needs two CPUs, the machine has {cpus}");
+    let tracer = Tracer::load(&LoadOptions::default(), AttachMode::Auto)?;
+    let prog: &SchedClassifier = tracer.ebpf.program(names::PROG_TC_INGRESS).unwrap().try_into()?;
+    let pkt = udp_packet(4343);
+    pin_to(0)?;
+    for _ in 0..3 {
+        send(prog, &pkt)?;
+    }
+    pin_to(1)?;
+    send(prog, &pkt)?;
+    let key = maps::read_flows(&tracer.ebpf)?[0].0;
+    let held = FlowCache::map(&tracer.ebpf)?.held().0;
+    assert_eq!(held.iter().filter(|(_, s)| s.key == key).count(), 2, "a slot on each CPU");
+    assert_eq!(held.iter().filter(|(_, s)| s.key == key && s.packets == 0).count(), 1, "one empty");
+
+    assert_eq!(maps::delete_flows(&tracer.ebpf, &[key])?, 1);
+    let held = FlowCache::map(&tracer.ebpf)?.held().0;
+    assert!(held.iter().all(|(_, s)| s.key != key), "no slot holds the deleted flow");
+
+    let samples = maps::read_counters(&tracer.ebpf)?[counter::SAMPLES as usize];
+    send(prog, &pkt)?;
+    let flows = maps::read_flows(&tracer.ebpf)?;
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].1.packets, 1);
     assert_eq!(maps::read_counters(&tracer.ebpf)?[counter::SAMPLES as usize], samples + 1, "sampled as new");
     Ok(())
 }

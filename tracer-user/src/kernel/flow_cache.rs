@@ -94,8 +94,19 @@ impl FlowCache {
         unsafe { self.slots.ptr.as_ptr().cast::<CachedFlow>().add(index as usize) }
     }
 
-    /// The taken slots with their indexes, and what reading them cost.
+    /// The taken slots that hold counts, with their indexes, and what reading them cost.
     pub fn occupied(&self) -> (Vec<(u32, CachedFlow)>, ReadCost) {
+        let (mut out, cost) = self.held();
+        // A slot taken by its flow's first packet on that CPU starts empty: that packet was
+        // counted in the table.
+        out.retain(|(_, slot)| slot.packets > 0);
+        (out, cost)
+    }
+
+    /// The slots a flow holds, counted in or not yet, with their indexes. Freeing a flow's
+    /// slots must free them all: an empty slot left holding the key would take the flow's
+    /// next packets on that CPU, and the flow would not come back as new.
+    pub fn held(&self) -> (Vec<(u32, CachedFlow)>, ReadCost) {
         let mut out = Vec::new();
         let mut read = 0;
         for w in 0..self.used.entries {
@@ -111,7 +122,7 @@ impl FlowCache {
                 let slot = unsafe { std::ptr::read_volatile(self.slot_ptr(index)) };
                 read += 1;
                 // A bit can outlive its slot's flow for a moment (freed, not yet retaken).
-                if slot.key.ifindex != 0 && slot.packets > 0 {
+                if slot.key.ifindex != 0 {
                     out.push((index, slot));
                 }
             }

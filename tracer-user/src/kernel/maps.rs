@@ -110,7 +110,7 @@ pub fn delete_flows(ebpf: &Ebpf, keys: &[FlowKey]) -> Result<usize> {
     let doomed: std::collections::HashSet<&FlowKey> = keys.iter().collect();
     let cache = FlowCache::map(ebpf)?;
     let held: Vec<u32> =
-        cache.occupied().0.into_iter().filter(|(_, s)| doomed.contains(&s.key)).map(|(i, _)| i).collect();
+        cache.held().0.into_iter().filter(|(_, s)| doomed.contains(&s.key)).map(|(i, _)| i).collect();
     // Only those slots: a slot of the same index on another CPU may be busy with another flow.
     cache.free(&held);
     Ok(deleted)
