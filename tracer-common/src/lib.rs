@@ -122,9 +122,11 @@ pub struct FlowStats {
 /// and a memory budget (user space decides at load time, `globals::FLOW_CACHE_SLOTS`).
 pub const FLOW_CACHE_MAX_SLOTS: u32 = 1024;
 pub const FLOW_CACHE_MIN_SLOTS: u32 = 64;
-/// Entries per CPU in `COUNTERS`: CPU `c`'s counter `i` is entry `c * COUNTER_STRIDE + i`.
+/// Counters per CPU in `COUNTERS`: CPU `c`'s counters are entry `c`, an array of this many.
 /// 32 × 8 bytes: each CPU's counters on their own cache lines, which no other CPU writes.
 pub const COUNTER_STRIDE: u32 = 32;
+/// One CPU's entry in `COUNTERS`.
+pub type CpuCounters = [u64; COUNTER_STRIDE as usize];
 const _: () = assert!(counter::COUNT <= COUNTER_STRIDE);
 /// Slots per CPU in `SIGHTINGS` (a power of two), CPU `c` owning `c * SIGHTING_SLOTS ..`.
 pub const SIGHTING_SLOTS: u32 = 8;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    COUNTER_STRIDE, CachedFlow, DropKey, DropStats, FLOW_CACHE_MAX_SLOTS, FLOW_CACHE_SLOTS_PER_WORD, FlowKey,
-    FlowStats, SIGHTING_SLOTS, Sighting, Tuple, counter, hook,
+    COUNTER_STRIDE, CachedFlow, CpuCounters, DropKey, DropStats, FLOW_CACHE_MAX_SLOTS,
+    FLOW_CACHE_SLOTS_PER_WORD, FlowKey, FlowStats, SIGHTING_SLOTS, Sighting, Tuple, counter, hook,
 };
 use tracer_ebpf::packet::Counters;
 
@@ -88,14 +88,14 @@ pub fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
 #[map(name = "SIGHTINGS")]
 pub static SIGHTINGS: Array<SightingSlot> = Array::with_max_entries(SIGHTING_SLOTS, 0);
 
-/// This CPU's count of sightings written, in its `COUNTERS` stride after the reported counters.
+/// This CPU's count of sightings written, in its `COUNTERS` entry after the reported counters.
 const SIGHTINGS_WRITTEN: u32 = counter::COUNT;
 const _: () = assert!(SIGHTINGS_WRITTEN < COUNTER_STRIDE);
 
 /// The slot the next ingress sighting on this CPU goes to (the oldest one).
 #[inline(always)]
-pub fn next_sighting_slot() -> Option<*mut SightingSlot> {
-    let n = count(SIGHTINGS_WRITTEN) as u32;
+pub fn next_sighting_slot(counters: &Tally) -> Option<*mut SightingSlot> {
+    let n = counters.add(SIGHTINGS_WRITTEN) as u32;
     let cpu = unsafe { bpf_get_smp_processor_id() };
     SIGHTINGS.get_ptr_mut(cpu * SIGHTING_SLOTS + (n & (SIGHTING_SLOTS - 1)))
 }
@@ -103,9 +103,9 @@ pub fn next_sighting_slot() -> Option<*mut SightingSlot> {
 /// The newest ingress sighting on this CPU with signature `sig`, at another interface than
 /// `ifindex` and younger than the maximum age at `now`.
 #[inline(always)]
-pub fn newest_sighting(sig: u64, ifindex: u32, now: u64) -> Option<*mut SightingSlot> {
+pub fn newest_sighting(counters: &Tally, sig: u64, ifindex: u32, now: u64) -> Option<*mut SightingSlot> {
     let cpu = unsafe { bpf_get_smp_processor_id() };
-    let newest = this_cpu_counter(SIGHTINGS_WRITTEN).map_or(0, |n| unsafe { *n }) as u32;
+    let newest = counters.get(SIGHTINGS_WRITTEN) as u32;
     for back in 0..SIGHTING_SLOTS {
         let i = newest.wrapping_sub(back) & (SIGHTING_SLOTS - 1);
         let slot = SIGHTINGS.get_ptr_mut(cpu * SIGHTING_SLOTS + i)?;
@@ -132,12 +132,12 @@ pub struct SightingSlot {
 #[map(name = "HOPS")]
 pub static HOPS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
-/// Global counters, see `tracer_common::counter`: `COUNTER_STRIDE` entries per CPU, CPU `c`'s
-/// counter `i` at `c * COUNTER_STRIDE + i` (user space sizes it for the possible CPUs and sums
-/// over CPUs). A plain array rather than a per-CPU one for the reason given at `SIGHTINGS`:
-/// every packet counts, and this way its counters cost one cache line, not two.
+/// Global counters, see `tracer_common::counter`: entry `c` holds CPU `c`'s (user space sizes
+/// the map for the possible CPUs and sums over them). A plain array rather than a per-CPU one
+/// for the reason given at `SIGHTINGS`. One entry per CPU rather than one per counter: a TC
+/// program looks its CPU's entry up once and bumps each counter at a constant offset.
 #[map(name = "COUNTERS")]
-pub static COUNTERS: Array<u64> = Array::with_max_entries(COUNTER_STRIDE, 0);
+pub static COUNTERS: Array<CpuCounters> = Array::with_max_entries(1, 0);
 
 /// Addresses of interest (traced pod IPs and the node's own ENI IPs), 16-byte form.
 #[map(name = "ADDR_FILTER")]
@@ -152,32 +152,50 @@ pub static DROPS: PerCpuHashMap<DropKey, DropStats> = PerCpuHashMap::with_max_en
 #[map(name = "RETRANS")]
 pub static RETRANS: PerCpuHashMap<Tuple, u64> = PerCpuHashMap::with_max_entries(8192, 0);
 
-/// This CPU's entry `index` of `COUNTERS`.
-#[inline(always)]
-fn this_cpu_counter(index: u32) -> Option<*mut u64> {
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    COUNTERS.get_ptr_mut(cpu * COUNTER_STRIDE + index)
-}
+/// This CPU's counters (its `COUNTERS` entry), looked up once per program run. Only this CPU
+/// writes them: no atomics.
+pub struct Tally(*mut CpuCounters);
 
-/// Adds one to a counter of this CPU and returns its new value (0 if the index is invalid).
-#[inline(always)]
-pub fn count(index: u32) -> u64 {
-    match this_cpu_counter(index) {
-        Some(v) => unsafe {
-            *v += 1;
-            *v
-        },
-        None => 0,
+impl Tally {
+    /// `None` only for a CPU beyond the possible CPUs user space sized the map for.
+    #[inline(always)]
+    pub fn this_cpu() -> Option<Tally> {
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        COUNTERS.get_ptr_mut(cpu).map(Tally)
+    }
+
+    /// Adds one to counter `index` and returns its new value (0 if the index is invalid).
+    #[inline(always)]
+    pub fn add(&self, index: u32) -> u64 {
+        match unsafe { (*self.0).get_mut(index as usize) } {
+            Some(v) => {
+                *v += 1;
+                *v
+            }
+            None => 0,
+        }
+    }
+
+    /// Counter `index` (0 if the index is invalid).
+    #[inline(always)]
+    pub fn get(&self, index: u32) -> u64 {
+        unsafe { (*self.0).get(index as usize).copied().unwrap_or(0) }
     }
 }
 
-/// `COUNTERS` for the code shared with the host (`tracer_ebpf::packet`).
-pub struct KernelCounters;
-
-impl Counters for KernelCounters {
+/// The code shared with the host (`tracer_ebpf::packet`) counts through this.
+impl Counters for &Tally {
     #[inline(always)]
     fn count(&mut self, index: u32) {
-        count(index);
+        self.add(index);
+    }
+}
+
+/// Adds one to a counter of this CPU, for programs that count once per run.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(t) = Tally::this_cpu() {
+        t.add(index);
     }
 }
 

@@ -8,6 +8,9 @@ use tracer_common::{FAMILY_V4, FAMILY_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, P
 
 use crate::signature::Invariants;
 
+pub mod common;
+use common::{Direct, parse_common};
+
 /// Byte-level access to a packet, starting at the given offset.
 pub trait Reader {
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
@@ -92,8 +95,25 @@ pub trait Counters {
 /// What a TC program makes of a frame before its flow table: parses it into `t` and counts
 /// what is odd about it (a VLAN tag; why it is not tracked; why it is tracked without ports).
 /// `p` must start as `Parsed::default()`. Returns whether the frame is tracked.
+///
+/// The common case (`common`) is tried first; every other frame goes through the general
+/// parser, out of line, with the same results.
 #[inline(always)]
-pub fn classify_frame<R: Reader, C: Counters>(
+pub fn classify_frame<R: Reader + Direct, C: Counters>(
+    r: &R,
+    t: &mut Tuple,
+    p: &mut Parsed,
+    counters: &mut C,
+) -> bool {
+    if parse_common(r, t, p) {
+        return tracked_unless_local(t, counters);
+    }
+    classify_frame_general(r, t, p, counters)
+}
+
+/// [`classify_frame`] with the general parser only.
+#[inline(always)]
+pub fn classify_frame_general<R: Reader, C: Counters>(
     r: &R,
     t: &mut Tuple,
     p: &mut Parsed,
@@ -107,13 +127,22 @@ pub fn classify_frame<R: Reader, C: Counters>(
         counters.count(verdict);
         return false;
     }
-    if local_scope(t) {
-        counters.count(counter::LOCAL_SCOPE);
+    if !tracked_unless_local(t, counters) {
         return false;
     }
     // Notes say how a tracked packet is tracked, so they come after the last reason not to.
     if p.note != NO_NOTE {
         counters.count(p.note);
+    }
+    true
+}
+
+/// A parsed frame is tracked unless it is link-local or multicast (counted).
+#[inline(always)]
+fn tracked_unless_local<C: Counters>(t: &Tuple, counters: &mut C) -> bool {
+    if local_scope(t) {
+        counters.count(counter::LOCAL_SCOPE);
+        return false;
     }
     true
 }

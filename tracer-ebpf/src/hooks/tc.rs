@@ -20,12 +20,15 @@ use super::capture;
 use crate::{
     globals,
     maps::{
-        FLOWS, HOPS, KernelCounters, count, flow_cache_slot, mark_slot_used, newest_sighting,
-        next_sighting_slot, same_key, wanted,
+        FLOWS, HOPS, Tally, flow_cache_slot, mark_slot_used, newest_sighting, next_sighting_slot, same_key,
+        wanted,
     },
     mem,
 };
-use tracer_ebpf::packet::{Parsed, Reader, classify_frame};
+use tracer_ebpf::packet::{
+    Parsed, Reader, classify_frame,
+    common::{Direct, Window},
+};
 
 /// TC_ACT_UNSPEC (-1) is also TCX_NEXT: "not my decision", the packet continues unchanged to
 /// the next program / the stack. podtrace never returns anything else.
@@ -106,6 +109,34 @@ impl Reader for Skb<'_> {
     }
 }
 
+/// The packet's first bytes, checked once against its end (see `packet::common`).
+struct Linear(*const u8);
+
+impl Window for Linear {
+    #[inline(always)]
+    fn at<T: Copy>(&self, off: usize) -> T {
+        // SAFETY: `Skb::window` checked that the window's length is in the packet, and the
+        // common-case parser reads only inside it. One load of T's width (`load` splits
+        // 16-byte arrays into two).
+        unsafe {
+            match size_of::<T>() {
+                16 => load::<T>(self.0.add(off)),
+                _ => core::ptr::read_volatile(self.0.add(off).cast::<T>()),
+            }
+        }
+    }
+}
+
+impl Direct for Skb<'_> {
+    type Window = Linear;
+
+    #[inline(always)]
+    fn window(&self, len: usize) -> Option<Linear> {
+        let (start, end) = (self.0.data(), self.0.data_end());
+        (len <= MAX_DIRECT && start + len <= end).then_some(Linear(start as *const u8))
+    }
+}
+
 #[classifier]
 pub fn podtrace_ingress(ctx: TcContext) -> i32 {
     observe(&ctx, hook::INGRESS);
@@ -127,11 +158,13 @@ pub fn podtrace_noop(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn observe(ctx: &TcContext, hook: u8) {
-    count(counter::PACKETS);
+    // Fails only on a CPU beyond the possible CPUs the map was sized for: none runs programs.
+    let Some(counters) = Tally::this_cpu() else { return };
+    counters.add(counter::PACKETS);
     let mut key_slot = MaybeUninit::<FlowKey>::uninit();
     let key = mem::zeroed(&mut key_slot);
     let mut p = Parsed::default();
-    if !classify_frame(&Skb(ctx), &mut key.tuple, &mut p, &mut KernelCounters) {
+    if !classify_frame(&Skb(ctx), &mut key.tuple, &mut p, &mut &counters) {
         capture::capture(ctx, hook, None, false);
         return;
     }
@@ -159,7 +192,7 @@ fn observe(ctx: &TcContext, hook: u8) {
             false
         }
         _ => {
-            let Some(new_flow) = count_in_table(key, len, p.tcp_flags) else {
+            let Some(new_flow) = count_in_table(&counters, key, len, p.tcp_flags) else {
                 capture::capture(ctx, hook, Some((&key.tuple, &p.inv)), false);
                 return;
             };
@@ -169,12 +202,12 @@ fn observe(ctx: &TcContext, hook: u8) {
             new_flow
         }
     };
-    count(counter::TRACKED);
+    counters.add(counter::TRACKED);
 
     // The first packet of a flow at each hook is always sampled so that NAT is seen even for
     // one-packet flows; the rest by signature, so a packet is sampled at all hooks or none.
     if new_flow || p.inv.sampled(globals::sample_mask()) {
-        sample(p.inv.signature(), key);
+        sample(&counters, p.inv.signature(), key);
     }
     capture::capture(ctx, hook, Some((&key.tuple, &p.inv)), new_flow);
 }
@@ -197,7 +230,7 @@ fn count_in_slot(c: &mut CachedFlow, len: u32, tcp_flags: u8) {
 /// Counts a packet in the flow table: `Some(true)` for a new flow, `None` when it is not
 /// tracked (not of interest, or the table is full).
 #[inline(always)]
-fn count_in_table(key: &FlowKey, len: u32, tcp_flags: u8) -> Option<bool> {
+fn count_in_table(counters: &Tally, key: &FlowKey, len: u32, tcp_flags: u8) -> Option<bool> {
     match FLOWS.get_ptr_mut(key) {
         Some(s) => {
             // Per-CPU value: no other CPU writes it, no atomics needed.
@@ -231,7 +264,7 @@ fn count_in_table(key: &FlowKey, len: u32, tcp_flags: u8) -> Option<bool> {
             // BPF_ANY on a per-CPU hash only writes this CPU's slot, so a racing insert of the
             // same key on another CPU loses nothing.
             if FLOWS.insert(key, s, 0).is_err() {
-                count(counter::FLOW_MAP_FULL);
+                counters.add(counter::FLOW_MAP_FULL);
                 return None;
             }
             Some(true)
@@ -267,11 +300,11 @@ const FILL_CHECK_EVERY: u64 = 64;
 /// A sampled packet. At an ingress hook it is remembered; at an egress hook the newest
 /// remembered ingress sighting of the same packet (same signature) on this CPU makes a hop.
 #[inline(always)]
-fn sample(sig: u64, key: &FlowKey) {
-    count(counter::SAMPLES);
+fn sample(counters: &Tally, sig: u64, key: &FlowKey) {
+    counters.add(counter::SAMPLES);
     let now = unsafe { bpf_ktime_get_ns() };
     if key.hook == hook::INGRESS {
-        if let Some(slot) = next_sighting_slot() {
+        if let Some(slot) = next_sighting_slot(counters) {
             let slot = unsafe { &mut *slot };
             slot.sig = sig;
             slot.at.ts_ns = now;
@@ -281,7 +314,7 @@ fn sample(sig: u64, key: &FlowKey) {
     }
     // Inside one network namespace a packet goes from an ingress hook to an egress hook; any
     // other pair is two different packets that share a signature.
-    let Some(slot) = newest_sighting(sig, key.ifindex, now) else { return };
+    let Some(slot) = newest_sighting(counters, sig, key.ifindex, now) else { return };
     let from = unsafe { &mut *slot };
     match HOPS.reserve::<HopEvent>(0) {
         Some(mut e) => {
@@ -291,7 +324,7 @@ fn sample(sig: u64, key: &FlowKey) {
                 (*ev).to.ts_ns = now;
                 mem::copy(sighting_place(&mut (*ev).to), key);
             }
-            let n = count(counter::HOP_EVENTS);
+            let n = counters.add(counter::HOP_EVENTS);
             let wake = if n.is_multiple_of(FILL_CHECK_EVERY)
                 && HOPS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES
             {
@@ -302,8 +335,8 @@ fn sample(sig: u64, key: &FlowKey) {
             e.submit(wake as u64);
         }
         None => {
-            count(counter::RINGBUF_FULL);
-            count(counter::SAMPLES_DROPPED);
+            counters.add(counter::RINGBUF_FULL);
+            counters.add(counter::SAMPLES_DROPPED);
         }
     }
     // Used: a second egress hook of the same packet (a VLAN device, then its trunk) is not

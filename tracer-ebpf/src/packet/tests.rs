@@ -7,6 +7,7 @@ use test_frames::{malformed::cases, *};
 use tracer_common::{FAMILY_V4, FAMILY_V6, Tuple, counter};
 
 use super::*;
+use crate::signature::Invariants;
 
 /// A frame in memory. Reads past its end fail, as reads past the end of a packet do in the
 /// kernel.
@@ -31,6 +32,26 @@ impl Reader for Bytes<'_> {
     }
 }
 
+/// The common-case parser's window: exactly the bytes it asked for, so a read past them panics
+/// (in the kernel, the verifier would reject the program).
+struct Prefix<'a>(&'a [u8]);
+
+impl common::Window for Prefix<'_> {
+    fn at<T: Copy>(&self, off: usize) -> T {
+        let b = &self.0[off..off + size_of::<T>()];
+        // SAFETY: as in `Bytes::read`.
+        unsafe { core::ptr::read_unaligned(b.as_ptr().cast::<T>()) }
+    }
+}
+
+impl<'a> common::Direct for Bytes<'a> {
+    type Window = Prefix<'a>;
+
+    fn window(&self, len: usize) -> Option<Prefix<'a>> {
+        self.0.get(..len).map(Prefix)
+    }
+}
+
 /// The counters raised, in order.
 #[derive(Default)]
 struct Raised(Vec<u32>);
@@ -50,6 +71,129 @@ fn classify(frame: &[u8]) -> (Vec<u32>, Option<(Tuple, u64)>) {
     let tracked = classify_frame(&Bytes(frame), &mut t, &mut p, &mut raised);
     raised.0.sort_unstable();
     (raised.0, tracked.then(|| (t, p.inv.signature())))
+}
+
+/// A tracked frame's tuple, invariants, TCP flags and note.
+type Fields = (Tuple, Invariants, u8, u32);
+
+/// Everything either parser makes of `frame`: the counters (sorted), and the fields when
+/// tracked.
+fn outcome(frame: &[u8], general_only: bool) -> (Vec<u32>, Option<Fields>) {
+    let mut t = Tuple::default();
+    let mut raised = Raised::default();
+    let mut p = Parsed::default();
+    let tracked = if general_only {
+        classify_frame_general(&Bytes(frame), &mut t, &mut p, &mut raised)
+    } else {
+        classify_frame(&Bytes(frame), &mut t, &mut p, &mut raised)
+    };
+    raised.0.sort_unstable();
+    (raised.0, tracked.then_some((t, p.inv, p.tcp_flags, p.note)))
+}
+
+/// Every frame the tests know, whole, cut off at each length, and with each byte set to 0x00,
+/// 0xff and flipped in its top bit.
+fn every_test_frame() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut whole: Vec<(String, Vec<u8>)> =
+        cases().into_iter().map(|c| (c.name.to_string(), c.frame)).collect();
+    whole.extend(common_case_frames());
+    whole.push(("IPv4 UDP, 3-byte payload".into(), short_udp()));
+    for (name, frame) in whole {
+        for len in 0..frame.len() {
+            out.push((format!("{name} cut to {len}"), frame[..len].to_vec()));
+        }
+        for i in 0..frame.len() {
+            for value in [0x00, 0xff, frame[i] ^ 0x80] {
+                let mut f = frame.clone();
+                f[i] = value;
+                out.push((format!("{name}, byte {i} = {value:#04x}"), f));
+            }
+        }
+        out.push((name, frame));
+    }
+    out
+}
+
+/// Frames of the common case: untagged IPv4 without options and IPv6 without extension
+/// headers, carrying TCP (with and without payload) or UDP.
+fn common_case_frames() -> Vec<(String, Vec<u8>)> {
+    let v4 = |proto| V4 { proto, id: 0x1234, ..V4::default() };
+    let seg = tcp(40000, 443, 0x18, b"0123456789abcdef");
+    vec![
+        ("IPv4 TCP".into(), eth(&[], ETH_IPV4, &ipv4(&v4(6), &seg))),
+        ("IPv4 TCP, no payload".into(), eth(&[], ETH_IPV4, &ipv4(&v4(6), &tcp(40000, 443, 0x10, &[])))),
+        ("IPv4 UDP".into(), eth(&[], ETH_IPV4, &ipv4(&v4(17), &udp(35750, 53, b"query payload")))),
+        ("IPv6 TCP".into(), eth(&[], ETH_IPV6, &ipv6(6, V6_SRC, V6_DST, &seg, None))),
+        (
+            "IPv6 UDP".into(),
+            eth(&[], ETH_IPV6, &ipv6(17, V6_SRC, V6_DST, &udp(35750, 53, b"query payload"), None)),
+        ),
+    ]
+}
+
+/// The common-case parser gives exactly what the general parser gives, on every test frame
+/// (whole, cut off, corrupted), or leaves the frame to it.
+#[test]
+fn the_common_case_parser_agrees_with_the_general_one_on_every_frame() {
+    let mut failures = Vec::new();
+    let frames = every_test_frame();
+    for (name, frame) in &frames {
+        let (fast, general) = (outcome(frame, false), outcome(frame, true));
+        if fast != general {
+            failures.push(format!("{name}: {fast:?}, general parser {general:?}"));
+        }
+    }
+    assert!(frames.len() > 10_000, "only {} frames", frames.len());
+    assert!(failures.is_empty(), "{} frame(s):\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The common case is taken by the common-case parser (so that the agreement above means
+/// something) and every other kind of frame is left to the general one.
+#[test]
+fn the_common_case_parser_takes_exactly_the_common_case() {
+    let parses = |frame: &[u8]| {
+        let mut t = Tuple::default();
+        let mut p = Parsed::default();
+        let taken = common::parse_common(&Bytes(frame), &mut t, &mut p);
+        if !taken {
+            assert_eq!(
+                (t, p.inv, p.tcp_flags, p.note),
+                (Tuple::default(), Invariants::default(), 0, NO_NOTE),
+                "left untouched"
+            );
+        }
+        taken
+    };
+    for (name, frame) in common_case_frames() {
+        assert!(parses(&frame), "{name}");
+    }
+    let seg = tcp(40000, 443, 0x18, b"0123456789abcdef");
+    let tcp4 = V4 { proto: 6, ..V4::default() };
+    let others = [
+        ("VLAN-tagged", eth(&[ETH_8021Q], ETH_IPV4, &ipv4(&tcp4, &seg))),
+        ("IPv4 options", eth(&[], ETH_IPV4, &ipv4(&V4 { ihl: 6, ..tcp4.clone() }, &seg))),
+        ("a later IPv4 fragment", eth(&[], ETH_IPV4, &ipv4(&V4 { frag: 0x0010, ..tcp4.clone() }, &seg))),
+        (
+            "ICMP",
+            eth(&[], ETH_IPV4, &ipv4(&V4 { proto: 1, ..V4::default() }, &icmp(8, 0, [0, 1, 0, 2], b"ping"))),
+        ),
+        (
+            "IPv6 with a hop-by-hop header",
+            eth(&[], ETH_IPV6, &ipv6(0, V6_SRC, V6_DST, &[ext8(6), seg.clone()].concat(), None)),
+        ),
+        ("ARP", eth(&[], ETH_ARP, &[0; 28])),
+        ("IPv4 UDP shorter than the window (3-byte payload)", short_udp()),
+        ("IPv4 TCP cut inside the window", eth(&[], ETH_IPV4, &ipv4(&tcp4, &seg))[..40].to_vec()),
+    ];
+    for (name, frame) in others {
+        assert!(!parses(&frame), "{name}");
+    }
+}
+
+/// A UDP datagram whose frame ends before the common case's window.
+fn short_udp() -> Vec<u8> {
+    eth(&[], ETH_IPV4, &ipv4(&V4::default(), &udp(35750, 53, b"abc")))
 }
 
 fn signature(frame: &[u8]) -> u64 {

@@ -89,7 +89,7 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .override_global(globals::FLOW_CACHE_SLOTS, &slots, true)
         .map_max_entries(names::MAP_FLOW_CACHE, cpus * slots)
         .map_max_entries(names::MAP_FLOW_CACHE_USED, cpus * slots / tracer_common::FLOW_CACHE_SLOTS_PER_WORD)
-        .map_max_entries(names::MAP_COUNTERS, cpus * tracer_common::COUNTER_STRIDE)
+        .map_max_entries(names::MAP_COUNTERS, cpus)
         .map_max_entries(names::MAP_SIGHTINGS, cpus * tracer_common::SIGHTING_SLOTS);
     match opts.capture {
         Some(c) => {

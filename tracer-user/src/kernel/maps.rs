@@ -116,17 +116,16 @@ pub fn delete_flows(ebpf: &Ebpf, keys: &[FlowKey]) -> Result<usize> {
     Ok(deleted)
 }
 
-/// The counters summed over CPUs (`COUNTERS` holds `COUNTER_STRIDE` entries per CPU), in one
-/// batched read.
+/// The counters summed over CPUs (`COUNTERS` holds one entry per CPU), in one batched read.
 pub fn read_counters(ebpf: &Ebpf) -> Result<Counters> {
     let Some(Map::Array(data)) = ebpf.map(names::MAP_COUNTERS) else {
         return Err(anyhow!("COUNTERS map missing"));
     };
     let mut out = [0u64; counter::COUNT as usize];
-    batch::entries(data.fd().as_fd(), 1, |i: &u32, v: &[u64]| {
-        // Entries past `COUNT` in a CPU's stride are the kernel's own (its sighting sequence).
-        if let Some(slot) = out.get_mut((i % tracer_common::COUNTER_STRIDE) as usize) {
-            *slot += v[0];
+    batch::entries(data.fd().as_fd(), 1, |_: &u32, v: &[tracer_common::CpuCounters]| {
+        // A CPU's entries past `COUNT` are the kernel's own (its sighting sequence).
+        for (sum, n) in out.iter_mut().zip(v[0]) {
+            *sum += n;
         }
     })
     .context("reading the COUNTERS map")?;
