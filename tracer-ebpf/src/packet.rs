@@ -199,7 +199,7 @@ fn parse_ipv4<R: Reader>(r: &R, off: usize, t: &mut Tuple, p: &mut Parsed) -> Ve
     let a = read_or_malformed!(r, [u8; 8], off + 12);
     t.set_v4_addrs([a[0], a[1], a[2], a[3]], [a[4], a[5], a[6], a[7]]);
     let l4_len = (total - ihl) as u64;
-    let l3 = (l4_len << 48) | ((id as u64) << 32) | ((frag as u64) << 16) | ((proto as u64) << 8) | 4;
+    let l3 = Invariants::v4_l3(l4_len, id, frag, proto);
     if frag_offset != 0 {
         // Not the first fragment: there is no L4 header to read ports from.
         t.set_ports(0, 0, proto, FAMILY_V4);
@@ -253,7 +253,7 @@ fn parse_ipv6<R: Reader>(r: &R, off: usize, t: &mut Tuple, p: &mut Parsed) -> Ve
         return counter::MALFORMED;
     }
     let l4_len = (end - l4) as u64; // at most the 16-bit payload length
-    let l3 = (l4_len << 48) | ((flow_label as u64) << 16) | ((next as u64) << 8) | 6;
+    let l3 = Invariants::v6_l3(l4_len, flow_label, next);
     if matches!(next, 0 | 43 | 60 | 44 | 51) {
         // Still inside the extension header chain after MAX_IPV6_EXT headers.
         t.set_ports(0, 0, next, FAMILY_V6);
@@ -281,11 +281,10 @@ fn parse_l4<R: Reader>(
             // ports, seq, ack, data offset, flags, window
             let h = read_or_malformed!(r, [u8; 16], off);
             t.set_ports(be16([h[0], h[1]]), be16([h[2], h[3]]), proto, family);
-            let seq = be32([h[4], h[5], h[6], h[7]]) as u64;
-            let ack = be32([h[8], h[9], h[10], h[11]]) as u64;
+            let seq = be32([h[4], h[5], h[6], h[7]]);
+            let ack = be32([h[8], h[9], h[10], h[11]]);
             let flags = h[13];
-            let window = be16([h[14], h[15]]) as u64;
-            p.inv = Invariants { l3, l4: (seq << 32) | ack, l4_extra: (window << 8) | flags as u64 };
+            p.inv = Invariants::tcp(l3, seq, ack, be16([h[14], h[15]]), flags);
             p.tcp_flags = flags;
         }
         PROTO_UDP => {
@@ -293,7 +292,7 @@ fn parse_l4<R: Reader>(
             t.set_ports(be16([h[0], h[1]]), be16([h[2], h[3]]), proto, family);
             // The first payload bytes only feed the hash; they never leave the kernel.
             let head = r.read::<u64>(off + 8).unwrap_or(0);
-            p.inv = Invariants { l3, l4: head, l4_extra: 0 };
+            p.inv = Invariants::udp(l3, head);
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let h = read_or_malformed!(r, [u8; 8], off);

@@ -27,6 +27,34 @@ pub struct Invariants {
 pub const FIBONACCI: u64 = 0x9e37_79b9_7f4a_7c15;
 
 impl Invariants {
+    /// IPv4's `l3` word.
+    #[inline(always)]
+    pub fn v4_l3(l4_len: u64, id: u16, frag: u16, proto: u8) -> u64 {
+        (l4_len << 48) | ((id as u64) << 32) | ((frag as u64) << 16) | ((proto as u64) << 8) | 4
+    }
+
+    /// IPv6's `l3` word.
+    #[inline(always)]
+    pub fn v6_l3(l4_len: u64, flow_label: u32, next: u8) -> u64 {
+        (l4_len << 48) | ((flow_label as u64) << 16) | ((next as u64) << 8) | 6
+    }
+
+    /// A TCP segment's invariants.
+    #[inline(always)]
+    pub fn tcp(l3: u64, seq: u32, ack: u32, window: u16, flags: u8) -> Invariants {
+        Invariants {
+            l3,
+            l4: ((seq as u64) << 32) | ack as u64,
+            l4_extra: ((window as u64) << 8) | flags as u64,
+        }
+    }
+
+    /// A UDP datagram's invariants (`head`: its first 8 payload bytes, as loaded).
+    #[inline(always)]
+    pub fn udp(l3: u64, head: u64) -> Invariants {
+        Invariants { l3, l4: head, l4_extra: 0 }
+    }
+
     /// Whether this packet is sampled under `mask` (a power of two minus one, at most 0xffff):
     /// the top 16 bits of one multiply over the folded words.
     #[inline(always)]

@@ -77,7 +77,7 @@ fn parse_v4<W: Window>(w: &W, t: &mut Tuple, p: &mut Parsed) -> bool {
     }
     let id = be16(w, IP + 4);
     let l4_len = (total as usize - V4_LEN) as u64;
-    let l3 = (l4_len << 48) | ((id as u64) << 32) | ((frag as u64) << 16) | ((proto as u64) << 8) | 4;
+    let l3 = Invariants::v4_l3(l4_len, id, frag, proto);
     // Addresses as they are in the packet: native-order loads keep their byte order.
     let (src, dst) = (w.at::<u32>(IP + 12), w.at::<u32>(IP + 16));
     t.set_v4_addrs(src.to_ne_bytes(), dst.to_ne_bytes());
@@ -93,9 +93,7 @@ fn parse_v6<W: Window>(w: &W, t: &mut Tuple, p: &mut Parsed) -> bool {
     if first >> 28 != 6 || !is_tcp_or_udp(next) {
         return false;
     }
-    let payload = be16(w, IP + 4) as u64;
-    let flow_label = (first & 0x000f_ffff) as u64;
-    let l3 = (payload << 48) | (flow_label << 16) | ((next as u64) << 8) | 6;
+    let l3 = Invariants::v6_l3(be16(w, IP + 4) as u64, first & 0x000f_ffff, next);
     t.src = w.at::<[u8; 16]>(IP + 8);
     t.dst = w.at::<[u8; 16]>(IP + 24);
     parse_l4(w, t, p, IP + V6_LEN, l3, next, FAMILY_V6);
@@ -107,17 +105,15 @@ fn is_tcp_or_udp(proto: u8) -> bool {
     proto == PROTO_TCP || proto == PROTO_UDP
 }
 
-/// TCP or UDP at `off`, the invariants as the general parser's `parse_l4` packs them.
+/// TCP or UDP at `off`.
 #[inline(always)]
 fn parse_l4<W: Window>(w: &W, t: &mut Tuple, p: &mut Parsed, off: usize, l3: u64, proto: u8, family: u8) {
     t.set_ports(be16(w, off), be16(w, off + 2), proto, family);
     if proto == PROTO_TCP {
-        let (seq, ack) = (be32(w, off + 4) as u64, be32(w, off + 8) as u64);
         let flags = w.at::<u8>(off + 13);
-        let window = be16(w, off + 14) as u64;
-        p.inv = Invariants { l3, l4: (seq << 32) | ack, l4_extra: (window << 8) | flags as u64 };
+        p.inv = Invariants::tcp(l3, be32(w, off + 4), be32(w, off + 8), be16(w, off + 14), flags);
         p.tcp_flags = flags;
     } else {
-        p.inv = Invariants { l3, l4: w.at::<u64>(off + 8), l4_extra: 0 };
+        p.inv = Invariants::udp(l3, w.at::<u64>(off + 8));
     }
 }
