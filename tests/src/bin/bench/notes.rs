@@ -10,7 +10,10 @@ divides run times measured over the same packets. The build attached second in a
 measured ~12 ns per run more than the first in every round, whichever it was, so the builds
 swap places every round and only the mean of each pair of rounds is used. The runs below have
 two podtraces on every packet, so their ns are larger than figure 3's; read them as
-differences between builds, 4–6 pairs of rounds each (the range is over the pairs):
+differences between builds, 4–6 pairs of rounds each (the range is over the pairs). In the runs
+of the parser and counters rows, of the sampling cut-off and of the sampling figures below,
+two more copies of an older build, left attached by an interrupted run, sat ahead of both
+builds in every chain; both ran behind them alike:
 
 | candidate, against the build before it | ns per run saved, median of pairs (range) |
 |---|---|
