@@ -97,7 +97,7 @@ pub trait Counters {
 /// `p` must start as `Parsed::default()`. Returns whether the frame is tracked.
 ///
 /// The common case (`common`) is tried first; every other frame goes through the general
-/// parser, out of line, with the same results.
+/// parser, which gives the same results for the common case too.
 #[inline(always)]
 pub fn classify_frame<R: Reader + Direct, C: Counters>(
     r: &R,

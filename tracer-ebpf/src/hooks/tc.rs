@@ -53,28 +53,23 @@ impl Skb<'_> {
 /// Byte-array reads would otherwise compile to one load per byte plus shifts and ors.
 /// Header fields are only 2-byte aligned in a packet; unaligned loads are fine for the BPF JITs
 /// of the architectures podtrace runs on (x86-64, arm64) and the verifier allows them on
-/// packet pointers.
+/// packet pointers. Each byte is loaded once: 16 and 12 bytes as two 8-byte or three 4-byte
+/// words.
 #[inline(always)]
 unsafe fn load<T: Copy>(p: *const u8) -> T {
+    use core::{mem::transmute_copy, ptr::read_volatile};
     unsafe {
-        if size_of::<T>().is_multiple_of(8) && size_of::<T>() <= 16 {
-            let w = [
-                core::ptr::read_volatile(p.cast::<u64>()),
-                core::ptr::read_volatile(p.add(8 % size_of::<T>()).cast::<u64>()),
-            ];
-            core::mem::transmute_copy(&w)
-        } else if size_of::<T>().is_multiple_of(4) && size_of::<T>() <= 16 {
-            let w = [
-                core::ptr::read_volatile(p.cast::<u32>()),
-                core::ptr::read_volatile(p.add(4 % size_of::<T>()).cast::<u32>()),
-                core::ptr::read_volatile(p.add(8 % size_of::<T>()).cast::<u32>()),
-                core::ptr::read_volatile(p.add(12 % size_of::<T>()).cast::<u32>()),
-            ];
-            core::mem::transmute_copy(&w)
-        } else if size_of::<T>() == 2 {
-            core::mem::transmute_copy(&core::ptr::read_volatile(p.cast::<u16>()))
-        } else {
-            core::ptr::read_unaligned(p.cast::<T>())
+        match size_of::<T>() {
+            16 => transmute_copy(&[read_volatile(p.cast::<u64>()), read_volatile(p.add(8).cast::<u64>())]),
+            12 => transmute_copy(&[
+                read_volatile(p.cast::<u32>()),
+                read_volatile(p.add(4).cast::<u32>()),
+                read_volatile(p.add(8).cast::<u32>()),
+            ]),
+            8 => transmute_copy(&read_volatile(p.cast::<u64>())),
+            4 => transmute_copy(&read_volatile(p.cast::<u32>())),
+            2 => transmute_copy(&read_volatile(p.cast::<u16>())),
+            _ => core::ptr::read_unaligned(p.cast::<T>()),
         }
     }
 }
@@ -116,14 +111,8 @@ impl Window for Linear {
     #[inline(always)]
     fn at<T: Copy>(&self, off: usize) -> T {
         // SAFETY: `Skb::window` checked that the window's length is in the packet, and the
-        // common-case parser reads only inside it. One load of T's width (`load` splits
-        // 16-byte arrays into two).
-        unsafe {
-            match size_of::<T>() {
-                16 => load::<T>(self.0.add(off)),
-                _ => core::ptr::read_volatile(self.0.add(off).cast::<T>()),
-            }
-        }
+        // common-case parser reads only inside it.
+        unsafe { load::<T>(self.0.add(off)) }
     }
 }
 
