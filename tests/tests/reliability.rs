@@ -405,7 +405,7 @@ fn udp_from_web2(lab: &Lab, sport: u16) -> Vec<u8> {
 }
 
 #[test]
-fn forced_map_full_and_ring_overflow_are_counted_exactly() -> Result<()> {
+fn forced_map_full_and_hop_log_overwrites_are_counted_exactly() -> Result<()> {
     let lab = lab("loss", |_| {})?;
     let veth = lab.plan.pod("web-2").unwrap().veth.clone();
     let (veth_idx, eth1_idx) =
@@ -425,8 +425,12 @@ fn forced_map_full_and_ring_overflow_are_counted_exactly() -> Result<()> {
     let out = running.signal(Signal::SIGINT)?;
     assert_eq!(out.summary()["counters"]["flow_map_full"], 84, "{}", out.stderr);
 
-    // 2. The ring buffer, with podtrace stopped so nobody drains it: 10 000 hop events, room
-    //    for floor(1 MiB / (8-byte header + 112-byte event)) = 8738, so exactly 1262 are lost.
+    // 2. The hop log, with podtrace stopped so nobody drains it: 10 000 hop events on one CPU,
+    //    whose log keeps its newest 2 MiB / (CPUs × 128-byte record) rounded down to a power of
+    //    two, at most 4096 (4096 on a 2-CPU machine): all the others are lost, and counted.
+    let cpus = podtrace::kernel::maps::possible_cpus()? as u64;
+    let fit = (2u64 << 20) / (cpus * 128);
+    let kept = (1u64 << (63 - fit.leading_zeros())).clamp(64, 4096);
     let running = start(&lab, &trace_args(&lab, "tcx"))?;
     let ingress = program_fd(&lab, &veth, TcAttachType::Ingress)?;
     let egress = program_fd(&lab, "eth1", TcAttachType::Egress)?;
@@ -446,10 +450,9 @@ fn forced_map_full_and_ring_overflow_are_counted_exactly() -> Result<()> {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(running.pid() as i32), Signal::SIGCONT)?;
     std::thread::sleep(Duration::from_millis(300));
     let out = running.signal(Signal::SIGINT)?;
-    let c = &out.summary()["counters"];
-    assert_eq!(c["ringbuf_full"], 1262, "{}", out.stderr);
-    assert_eq!(c["samples_dropped"], 1262);
-    assert_eq!(c["hop_events"], 8738);
+    let summary = out.summary();
+    assert_eq!(summary["counters"]["hop_events"], 10_000, "{}", out.stderr);
+    assert_eq!(summary["user"]["hop_events_lost"], 10_000 - kept, "{}", out.stderr);
     Ok(())
 }
 

@@ -3,12 +3,10 @@
 //! ingress sightings whatever their signatures, a sighting makes one hop, and the hop carries
 //! the ingress interface the skb itself names (`skb_iif`).
 use anyhow::{Result, anyhow};
-use aya::{
-    maps::RingBuf,
-    programs::{SchedClassifier, TestRun, TestRunOptions},
-};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use podtrace::kernel::{
     attach::{AttachMode, Tracer},
+    hop_log::HopLog,
     load::LoadOptions,
 };
 use tests::packets::*;
@@ -35,14 +33,11 @@ fn run(prog: &SchedClassifier, pkt: &[u8], ingress_ifindex: u32, ifindex: u32) -
     Ok(())
 }
 
-/// The hop events queued so far.
-fn hops(ring: &mut RingBuf<aya::maps::MapData>) -> Vec<HopEvent> {
+/// The hop events written so far (none lost: the log holds far more than these tests write).
+fn hops(log: &mut HopLog) -> Vec<HopEvent> {
     let mut out = Vec::new();
-    while let Some(item) = ring.next() {
-        assert!(item.len() >= size_of::<HopEvent>(), "a short ring record");
-        // SAFETY: the kernel wrote a HopEvent (repr(C), plain data) there.
-        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopEvent>()) });
-    }
+    let drained = log.drain(|e| out.push(*e));
+    assert_eq!(drained.lost, 0);
     out
 }
 
@@ -50,9 +45,12 @@ fn hops(ring: &mut RingBuf<aya::maps::MapData>) -> Vec<HopEvent> {
 /// it, then the tracked packet out at the egress hook (loopback, ifindex 1), twice. Returns
 /// the hop events.
 fn crossing_after(others: u16) -> Result<Vec<HopEvent>> {
-    let mut tracer = Tracer::load(&LoadOptions::default(), AttachMode::Auto)?;
-    let mut ring =
-        RingBuf::try_from(tracer.ebpf.take_map(names::MAP_HOPS).ok_or_else(|| anyhow!("no HOPS map"))?)?;
+    crossing(others, &LoadOptions::default())
+}
+
+fn crossing(others: u16, opts: &LoadOptions) -> Result<Vec<HopEvent>> {
+    let tracer = Tracer::load(opts, AttachMode::Auto)?;
+    let mut log = HopLog::map(&tracer.ebpf)?;
     let ingress: &SchedClassifier = tracer.ebpf.program(names::PROG_TC_INGRESS).unwrap().try_into()?;
     let egress: &SchedClassifier = tracer.ebpf.program(names::PROG_TC_EGRESS).unwrap().try_into()?;
     let tracked = packet(1000);
@@ -63,7 +61,7 @@ fn crossing_after(others: u16) -> Result<Vec<HopEvent>> {
     run(egress, &tracked, 0, 1)?;
     // The same packet at a second egress hook (a VLAN device, then its trunk): not a hop.
     run(egress, &tracked, 0, 1)?;
-    Ok(hops(&mut ring))
+    Ok(hops(&mut log))
 }
 
 /// The test thread stays on one CPU: sightings are per CPU, as a packet's hooks are in the
@@ -97,5 +95,24 @@ fn a_sighting_is_replaced_after_as_many_later_sightings_as_slots() -> Result<()>
     pin_to_one_cpu()?;
     let events = crossing_after(SIGHTING_SLOTS as u16)?;
     assert!(events.is_empty(), "the tracked packet's sighting was overwritten, yet: {events:?}");
+    Ok(())
+}
+
+/// Where the CPU does not keep stores in order for other CPUs (arm64), the hop log's sequence
+/// words are written with atomic exchanges (BPF_XCHG): those programs load too and write the
+/// same hop.
+#[test]
+fn the_log_written_with_exchanges_for_weakly_ordered_cpus_holds_the_same_hop() -> Result<()> {
+    pin_to_one_cpu()?;
+    let plain = crossing_after(0)?;
+    let exchanged = crossing(0, &LoadOptions { ordered_stores: false, ..LoadOptions::default() })?;
+    assert_eq!((plain.len(), exchanged.len()), (1, 1), "{plain:?} {exchanged:?}");
+    let untimed = |e: &HopEvent| {
+        let mut e = *e;
+        (e.from.ts_ns, e.to.ts_ns) = (0, 0);
+        e
+    };
+    assert_eq!(untimed(&exchanged[0]), untimed(&plain[0]));
+    assert_eq!((exchanged[0].from.tuple.sport, exchanged[0].to.ifindex), (1000, 1));
     Ok(())
 }

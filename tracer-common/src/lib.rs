@@ -171,6 +171,28 @@ pub struct HopEvent {
     pub to: Sighting,
 }
 
+/// Records per CPU in the hop log (`HOP_LOG`): a power of two between these bounds, from the
+/// CPU count and a memory budget (user space decides at load time, `globals::HOP_LOG_SLOTS`).
+pub const HOP_LOG_MIN_SLOTS: u32 = 64;
+pub const HOP_LOG_MAX_SLOTS: u32 = 4096;
+/// Set in `HopRecord::seq` while the kernel writes the record's event.
+pub const HOP_RECORD_BUSY: u64 = 1;
+
+/// One record of the hop log: CPU `c` writes its hop events in turn into records
+/// `c * slots ..`, overwriting the oldest, and user space reads them in place (the array is
+/// mapped into its memory). The sequence word tells user space which event a record holds and
+/// whether it is complete: the kernel sets it to `seq << 1 | HOP_RECORD_BUSY` before it writes
+/// the event and to `seq << 1` after, in that order as other CPUs see it. Two cache lines.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HopRecord {
+    /// The CPU's 1-based hop-event number, shifted left by one, plus the busy bit; 0 for a
+    /// record never written.
+    pub seq: u64,
+    pub event: HopEvent,
+    pub _pad: u64,
+}
+
 /// Key of the drop table: a packet of a traced flow freed by the kernel with a reason.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -239,26 +261,23 @@ pub mod counter {
     pub const OTHER_L4: u32 = 6;
     /// A new flow could not be recorded because the flow table is full.
     pub const FLOW_MAP_FULL: u32 = 7;
-    /// A hop sample could not be sent because the ring buffer was full.
-    pub const RINGBUF_FULL: u32 = 8;
     /// Sampled packets (latency/NAT correlation) taken.
-    pub const SAMPLES: u32 = 9;
-    /// Sampled packets whose sighting could not be stored.
-    pub const SAMPLES_DROPPED: u32 = 10;
-    /// Hop events emitted (a sampled packet seen at two consecutive hooks).
-    pub const HOP_EVENTS: u32 = 11;
+    pub const SAMPLES: u32 = 8;
+    /// Hop events written to the hop log (a sampled packet seen at two consecutive hooks).
+    /// User space counts those it could not read before they were overwritten.
+    pub const HOP_EVENTS: u32 = 9;
     /// Drops of traced packets recorded.
-    pub const DROPS: u32 = 12;
+    pub const DROPS: u32 = 10;
     /// A drop could not be recorded because the drop table is full.
-    pub const DROP_MAP_FULL: u32 = 13;
+    pub const DROP_MAP_FULL: u32 = 11;
     /// TCP retransmissions of traced flows recorded.
-    pub const RETRANSMITS: u32 = 14;
+    pub const RETRANSMITS: u32 = 12;
     /// VLAN-tagged packets (802.1Q / 802.1ad) seen.
-    pub const VLAN: u32 = 15;
+    pub const VLAN: u32 = 13;
     /// Multicast, broadcast and IPv6 link-local packets (ND, MLD, ...): counted, not tracked.
-    pub const LOCAL_SCOPE: u32 = 16;
+    pub const LOCAL_SCOPE: u32 = 14;
 
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 15;
 
     /// Stable names used in the CLI summary, JSON and Prometheus metrics.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -270,9 +289,7 @@ pub mod counter {
         "ipv6_ext_limit",
         "other_l4",
         "flow_map_full",
-        "ringbuf_full",
         "samples",
-        "samples_dropped",
         "hop_events",
         "drops",
         "drop_map_full",
@@ -392,6 +409,12 @@ pub mod globals {
     pub const LAYOUT: &str = "LAYOUT";
     /// `u32`: slots per CPU of the flow cache (a power of two).
     pub const FLOW_CACHE_SLOTS: &str = "FLOW_CACHE_SLOTS";
+    /// `u32`: records per CPU of the hop log (a power of two).
+    pub const HOP_LOG_SLOTS: &str = "HOP_LOG_SLOTS";
+    /// `u8`: non-zero when the CPU makes plain stores visible to other CPUs in program order
+    /// (x86-64): the hop log's sequence words are then written with plain stores, else with
+    /// atomic exchanges, which order them against the event's stores.
+    pub const ORDERED_STORES: &str = "ORDERED_STORES";
     /// `u8`: non-zero keeps the capture path in the TC programs (checked against `CAPTURE_CTL`
     /// per packet); zero lets the verifier remove it (no capture possible, no cost).
     pub const CAPTURE_ARMED: &str = "CAPTURE_ARMED";
@@ -408,7 +431,7 @@ pub mod names {
     pub const MAP_FLOWS: &str = "FLOWS";
     pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
     pub const MAP_FLOW_CACHE_USED: &str = "FLOW_CACHE_USED";
-    pub const MAP_HOPS: &str = "HOPS";
+    pub const MAP_HOP_LOG: &str = "HOP_LOG";
     pub const MAP_COUNTERS: &str = "COUNTERS";
     pub const MAP_SIGHTINGS: &str = "SIGHTINGS";
     pub const MAP_ADDR_FILTER: &str = "ADDR_FILTER";
@@ -435,6 +458,7 @@ mod pod_impls {
     unsafe impl aya::Pod for CachedFlow {}
     unsafe impl aya::Pod for Sighting {}
     unsafe impl aya::Pod for HopEvent {}
+    unsafe impl aya::Pod for HopRecord {}
     unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for DropStats {}
     unsafe impl aya::Pod for KernelLayout {}
@@ -456,6 +480,7 @@ mod tests {
         assert_eq!(size_of::<CachedFlow>(), 88);
         assert_eq!(size_of::<Sighting>(), 56);
         assert_eq!(size_of::<HopEvent>(), 112);
+        assert_eq!(size_of::<HopRecord>(), 128);
         assert_eq!(size_of::<DropKey>(), 56);
         assert_eq!(size_of::<KernelLayout>(), 16 * 4);
         assert_eq!(size_of::<CaptureHeader>(), 72);

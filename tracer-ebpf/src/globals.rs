@@ -46,6 +46,25 @@ static LAYOUT: Global<KernelLayout> = Global::new(KernelLayout {
 #[unsafe(no_mangle)]
 static FLOW_CACHE_SLOTS: Global<u32> = Global::new(tracer_common::FLOW_CACHE_MAX_SLOTS);
 
+/// Records per CPU of the hop log (a power of two, sized by user space for the CPUs).
+#[unsafe(no_mangle)]
+static HOP_LOG_SLOTS: Global<u32> = Global::new(tracer_common::HOP_LOG_MAX_SLOTS);
+
+/// Non-zero where plain stores become visible to other CPUs in program order (x86-64); see
+/// `tracer_common::globals::ORDERED_STORES`. Zero, the safe default: atomic exchanges.
+#[unsafe(no_mangle)]
+static ORDERED_STORES: Global<u8> = Global::new(0);
+
+#[inline(always)]
+pub fn hop_log_slots() -> u32 {
+    HOP_LOG_SLOTS.load()
+}
+
+#[inline(always)]
+pub fn ordered_stores() -> bool {
+    ORDERED_STORES.load() != 0
+}
+
 #[inline(always)]
 pub fn flow_cache_slots() -> u32 {
     FLOW_CACHE_SLOTS.load()

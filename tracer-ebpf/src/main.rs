@@ -10,6 +10,7 @@
 //! The packet parser and the signature live in the library (lib.rs), which is unit-tested on
 //! the host.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod globals;

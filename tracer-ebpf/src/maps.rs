@@ -4,11 +4,12 @@
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::map,
-    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuHashMap},
 };
 use tracer_common::{
     COUNTER_STRIDE, CachedFlow, CpuCounters, DropKey, DropStats, FLOW_CACHE_MAX_SLOTS,
-    FLOW_CACHE_SLOTS_PER_WORD, FlowKey, FlowStats, SIGHTING_SLOTS, Sighting, Tuple, counter, hook,
+    FLOW_CACHE_SLOTS_PER_WORD, FlowKey, FlowStats, HOP_LOG_MAX_SLOTS, HopRecord, SIGHTING_SLOTS, Sighting,
+    Tuple, counter, hook,
 };
 use tracer_ebpf::packet::Counters;
 
@@ -128,9 +129,24 @@ pub struct SightingSlot {
     pub at: Sighting,
 }
 
-/// Hop events (the same packet at two consecutive hooks), read by user space.
-#[map(name = "HOPS")]
-pub static HOPS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+/// Hop events (the same packet at two consecutive hooks), a log per CPU that user space reads
+/// in place (see `tracer_common::HopRecord`): CPU `c` owns records `c * slots ..`, sized by user
+/// space for the possible CPUs and a memory budget. A record is written with plain stores
+/// into this CPU's own records: no lock, no read of anything user space writes (a ring
+/// buffer's reserve reads the consumer position, takes a spinlock and exchanges the record's
+/// header, each a cache line another CPU touched), so the stores retire without stalling the
+/// program. The price: the kernel does not know what user space has read, so an event is
+/// overwritten rather than refused when the log is full, and user space counts it lost.
+#[map(name = "HOP_LOG")]
+pub static HOP_LOG: Array<HopRecord> = Array::with_max_entries(HOP_LOG_MAX_SLOTS, BPF_F_MMAPABLE);
+
+/// The record this CPU's hop event number `seq` goes to.
+#[inline(always)]
+pub fn hop_record(seq: u64) -> Option<*mut HopRecord> {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let slots = crate::globals::hop_log_slots();
+    HOP_LOG.get_ptr_mut(cpu.wrapping_mul(slots) + (seq as u32 & (slots - 1)))
+}
 
 /// Global counters, see `tracer_common::counter`: entry `c` holds CPU `c`'s (user space sizes
 /// the map for the possible CPUs and sums over them). A plain array rather than a per-CPU one

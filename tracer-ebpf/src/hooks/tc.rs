@@ -3,25 +3,25 @@
 //! Per packet: parse, filter, add to the flow table. A busy flow's packets land in this CPU's
 //! flow-cache slot (an inlined array access); only a flow's first packets on a CPU, and flows
 //! whose slot is taken, go through the flow hash table. Only sampled packets touch the
-//! sighting table and the ring buffer. In objects loaded for a capture, `hooks::capture` then
+//! sighting table and the hop log. In objects loaded for a capture, `hooks::capture` then
 //! decides whether to copy the packet.
-use core::mem::MaybeUninit;
+use core::{mem::MaybeUninit, ptr::write_volatile};
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes},
     macros::classifier,
     programs::TcContext,
 };
-use tracer_common::{CachedFlow, FlowKey, FlowStats, HopEvent, Sighting, counter, hook};
+use tracer_common::{CachedFlow, FlowKey, FlowStats, HOP_RECORD_BUSY, Sighting, counter, hook};
 
 use super::capture;
 use crate::{
     globals,
     maps::{
-        FLOWS, HOPS, Tally, flow_cache_slot, mark_slot_used, newest_sighting, next_sighting_slot, same_key,
-        wanted,
+        FLOWS, Tally, flow_cache_slot, hop_record, mark_slot_used, newest_sighting, next_sighting_slot,
+        same_key, wanted,
     },
     mem,
 };
@@ -277,15 +277,6 @@ fn take_slot_if_free(c: &mut CachedFlow, index: u32, key: &FlowKey) {
     }
 }
 
-/// Hop events wake user space only once this much is queued; below it, user space drains on
-/// its own timer. (A wake-up per event costs far more than the event itself.)
-const WAKEUP_BYTES: u64 = 64 * 1024;
-
-/// How often (in this CPU's hop events) the ring's fill level is read. Reading it touches the
-/// consumer position, a cache line user space writes on another CPU; once every 64 events is
-/// enough to wake user space before the 1 MiB ring fills (64 KiB is ~500 events).
-const FILL_CHECK_EVERY: u64 = 64;
-
 /// A sampled packet. At an ingress hook it is remembered; at an egress hook the newest
 /// remembered ingress sighting of the same packet (same signature) on this CPU makes a hop.
 #[inline(always)]
@@ -305,32 +296,37 @@ fn sample(counters: &Tally, sig: u64, key: &FlowKey) {
     // other pair is two different packets that share a signature.
     let Some(slot) = newest_sighting(counters, sig, key.ifindex, now) else { return };
     let from = unsafe { &mut *slot };
-    match HOPS.reserve::<HopEvent>(0) {
-        Some(mut e) => {
-            let ev = e.as_mut_ptr();
-            unsafe {
-                mem::copy(&raw mut (*ev).from, &from.at);
-                (*ev).to.ts_ns = now;
-                mem::copy(sighting_place(&mut (*ev).to), key);
-            }
-            let n = counters.add(counter::HOP_EVENTS);
-            let wake = if n.is_multiple_of(FILL_CHECK_EVERY)
-                && HOPS.query(BPF_RB_AVAIL_DATA as u64) >= WAKEUP_BYTES
-            {
-                BPF_RB_FORCE_WAKEUP
-            } else {
-                BPF_RB_NO_WAKEUP
-            };
-            e.submit(wake as u64);
-        }
-        None => {
-            counters.add(counter::RINGBUF_FULL);
-            counters.add(counter::SAMPLES_DROPPED);
+    let seq = counters.add(counter::HOP_EVENTS);
+    if let Some(r) = hop_record(seq) {
+        unsafe {
+            let word = &raw mut (*r).seq;
+            publish(word, seq << 1 | HOP_RECORD_BUSY);
+            let ev = &raw mut (*r).event;
+            mem::copy(&raw mut (*ev).from, &from.at);
+            write_volatile(&raw mut (*ev).to.ts_ns, now);
+            mem::copy(sighting_place(&raw mut (*ev).to), key);
+            publish(word, seq << 1);
         }
     }
     // Used: a second egress hook of the same packet (a VLAN device, then its trunk) is not
     // another hop from that ingress.
     from.at.hook = hook::EGRESS;
+}
+
+/// Writes a hop record's sequence word. Plain (volatile, so in program order) stores where the
+/// CPU keeps stores in order for other CPUs; elsewhere an atomic exchange, a full barrier in
+/// the BPF JITs: the busy mark is visible before the event's stores, they before the final
+/// sequence.
+#[inline(always)]
+unsafe fn publish(word: *mut u64, value: u64) {
+    if globals::ordered_stores() {
+        unsafe { write_volatile(word, value) };
+    } else {
+        // BPF_XCHG (Linux >= 5.12); core's atomics do not offer it on the BPF target.
+        unsafe {
+            core::arch::asm!("{v} = xchg_64({p} + 0, {v})", p = in(reg) word, v = inout(reg) value => _);
+        }
+    }
 }
 
 /// The part of a `Sighting` after its time, which has `FlowKey`'s layout (tuple, interface,

@@ -15,8 +15,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
-use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, HopEvent, Tuple};
+use tracer_common::{DropKey, DropStats, FlowKey, FlowStats, Tuple};
 
 use super::{
     conntrack_view::{CtView, merge_bounded},
@@ -31,6 +30,7 @@ use crate::{
         addr,
         attach::{AttachMode, Tracer},
         btf::{self, Btf},
+        hop_log::HopLog,
         load::{CaptureLoad, LoadOptions, SampleRate},
         maps::{self, Counters},
         preflight,
@@ -40,6 +40,10 @@ use crate::{
 
 /// Hop pairs kept in memory (stalest dropped first, counted in `hop_events_evicted`).
 const MAX_HOP_PAIRS: usize = 100_000;
+/// The hop log is drained this often. The kernel does not wake us (that would cost it a
+/// wake-up check per event); a CPU's log holds at least `HOP_LOG_MIN_SLOTS` events, and what
+/// it overwrites before a drain is counted in `hop_events_lost`.
+pub const HOP_DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// Conntrack entries are kept this long after they were last seen (flows outlive them).
 const CT_RETENTION: Duration = Duration::from_secs(600);
 /// Full conntrack dumps this often; NEW/UPDATE events fill the gaps in between.
@@ -71,6 +75,8 @@ const MAX_CT_EVENTS_QUEUED: usize = 65_536;
 /// Losses that happen in user space, reported next to the kernel counters.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct UserCounters {
+    /// Hop events the kernel overwrote in its log before they were read.
+    pub hop_events_lost: u64,
     pub hop_events_evicted: u64,
     pub conntrack_evicted: u64,
     pub conntrack_dump_errors: u64,
@@ -96,7 +102,7 @@ pub struct Snapshot {
 
 pub struct Session {
     tracer: Tracer,
-    ring: RingBuf<MapData>,
+    hop_log: HopLog,
     /// Shared with the views `/flows` answers stream from; copied on write only while one
     /// of them holds it.
     hops: Arc<HopTable>,
@@ -142,13 +148,14 @@ impl Session {
             flow_cache_bytes: opts.flow_cache_bytes,
             cpus: None,
             capture: opts.capture,
+            ..LoadOptions::default()
         };
         let mut tracer = Tracer::load(&load, opts.attach_mode)?;
         if let Some(filter) = &opts.filter {
             maps::set_addr_filter(&mut tracer.ebpf, filter)?;
         }
         let interesting = opts.filter.as_ref().map(|f| f.iter().map(|ip| addr::to_key(*ip)).collect());
-        let ring = maps::take_hops(&mut tracer.ebpf)?;
+        let hop_log = HopLog::map(&tracer.ebpf)?;
         let (tx, ct_rx) = mpsc::channel();
         let ct_queue = Arc::new(CtQueue::default());
         let queue = ct_queue.clone();
@@ -182,7 +189,7 @@ impl Session {
         };
         Ok(Session {
             tracer,
-            ring,
+            hop_log,
             hops: Arc::new(HopTable::new(MAX_HOP_PAIRS)),
             conntrack: HashMap::new(),
             ct_rx,
@@ -243,34 +250,24 @@ impl Session {
         gone.into_iter().map(|(_, n)| n).collect()
     }
 
-    /// The wake-ups of a session's loop: signals, hop events, and a tick when given.
+    /// The wake-ups of a session's loop: signals, hop-log drains, and a tick when given.
     pub fn events(&self, tick: Option<Duration>) -> Result<Events> {
-        use std::os::fd::AsRawFd;
         use tokio::signal::unix::{SignalKind, signal};
-        let fd = RingFd(self.ring.as_raw_fd());
-        // SAFETY: the fd belongs to `self.ring`, which stays open for the session's lifetime;
-        // callers keep `Events` shorter-lived than the session (it lives in their loop).
-        let ring =
-            unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                .map_err(|e| anyhow::anyhow!("watching the hop ring buffer: {}", e.into_parts().1))?;
+        let mut drain = tokio::time::interval(HOP_DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Ok(Events {
-            ring,
+            drain,
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
             tick: tick.map(tokio::time::interval),
         })
     }
 
-    /// Moves every pending hop event from the ring buffer into memory.
+    /// Moves every hop event written since the last drain into memory.
     pub fn drain_hops(&mut self) {
-        while let Some(item) = self.ring.next() {
-            if item.len() >= size_of::<HopEvent>() {
-                // SAFETY: the kernel wrote a HopEvent (repr(C), plain data) at this address;
-                // read_unaligned copes with the ring buffer's 8-byte alignment.
-                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HopEvent>()) };
-                Arc::make_mut(&mut self.hops).add(&ev);
-            }
-        }
+        let hops = &mut self.hops;
+        let drained = self.hop_log.drain(|ev| Arc::make_mut(hops).add(ev));
+        self.user.hop_events_lost += drained.lost;
         self.user.hop_events_evicted = self.hops.evicted;
     }
 
@@ -413,28 +410,19 @@ impl Drop for Session {
     }
 }
 
-/// A ring buffer's descriptor (owned by the session or a capture), for `AsyncFd`.
-pub struct RingFd(pub std::os::fd::RawFd);
-
-impl std::os::fd::AsRawFd for RingFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
-}
-
 /// Why a session's loop woke up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wake {
     /// SIGINT or SIGTERM: finish up.
     Stop,
-    /// Hop events are waiting: call [`Session::drain_hops`].
+    /// Time to drain the hop log: call [`Session::drain_hops`].
     Hops,
     Tick,
 }
 
-/// Signals, hop-event readiness (epoll, not a timer) and an optional tick.
+/// Signals, the hop-log drain timer and an optional tick.
 pub struct Events {
-    ring: tokio::io::unix::AsyncFd<RingFd>,
+    drain: tokio::time::Interval,
     sigint: tokio::signal::unix::Signal,
     sigterm: tokio::signal::unix::Signal,
     tick: Option<tokio::time::Interval>,
@@ -442,7 +430,7 @@ pub struct Events {
 
 impl Events {
     pub async fn next(&mut self) -> Wake {
-        let Events { ring, sigint, sigterm, tick } = self;
+        let Events { drain, sigint, sigterm, tick } = self;
         let tick = async {
             match tick {
                 Some(t) => {
@@ -454,13 +442,7 @@ impl Events {
         tokio::select! {
             _ = sigint.recv() => Wake::Stop,
             _ = sigterm.recv() => Wake::Stop,
-            ready = ring.readable() => {
-                // Cleared before the caller drains: events arriving after the drain wake us again.
-                if let Ok(mut guard) = ready {
-                    guard.clear_ready();
-                }
-                Wake::Hops
-            }
+            _ = drain.tick() => Wake::Hops,
             _ = tick => Wake::Tick,
         }
     }

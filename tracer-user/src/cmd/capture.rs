@@ -28,11 +28,11 @@ use crate::{
         capture_filter::Filter,
         context::TracedPod,
         model::Role,
-        session::{RingFd, Session, Wake},
+        session::{Session, Wake},
     },
     kernel::{
         addr,
-        capture::{self, CaptureRole, CaptureStats},
+        capture::{self, CaptureRole, CaptureStats, RingFd},
         leftovers,
         load::CaptureLoad,
         preflight,

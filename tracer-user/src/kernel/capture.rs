@@ -131,6 +131,15 @@ pub fn take_ring(ebpf: &mut Ebpf) -> Result<RingBuf<MapData>> {
     RingBuf::try_from(map).context("capture ring buffer")
 }
 
+/// The capture ring's descriptor (owned by the capture), for `AsyncFd`.
+pub struct RingFd(pub std::os::fd::RawFd);
+
+impl std::os::fd::AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
 /// The kernel's capture statistics of one hook.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HookStats {

@@ -4,61 +4,13 @@
 //! the CPU count; freeing a slot clears its bit first (atomically: the kernel sets bits in the
 //! same words) and then zeroes the slot, its key last, so the kernel never sees a half-freed
 //! slot as free.
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, Result, anyhow, bail};
-use aya::{
-    Ebpf,
-    maps::{Map, MapData},
-};
+use anyhow::{Result, bail};
+use aya::Ebpf;
 use tracer_common::{CachedFlow, FLOW_CACHE_SLOTS_PER_WORD, names};
 
-/// A shared mapping of one BPF array map's values.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-    entries: u32,
-}
-
-impl Mapping {
-    fn new(ebpf: &Ebpf, name: &str, value_size: usize) -> Result<Mapping> {
-        let data: &MapData = match ebpf.map(name) {
-            Some(Map::Array(d)) => d,
-            _ => bail!("{name} map missing"),
-        };
-        let entries = data.info().map_err(|e| anyhow!("{name}: {e}"))?.max_entries();
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let len = (entries as usize * value_size).div_ceil(page) * page;
-        // SAFETY: a shared mapping of the map's fd; the kernel checks the length against the
-        // map (BPF_F_MMAPABLE arrays map their values at offset 0).
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error()).with_context(|| format!("mapping {name}"));
-        }
-        Ok(Mapping { ptr: NonNull::new(ptr.cast()).context("mmap returned null")?, len, entries })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
-    }
-}
+use super::mapping::Mapping;
 
 /// What one read of the cache touched: the bitmap and the taken slots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

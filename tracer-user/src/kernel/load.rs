@@ -2,7 +2,8 @@
 use anyhow::Result;
 use aya::{Ebpf, EbpfLoader};
 use tracer_common::{
-    CachedFlow, FLOW_CACHE_MAX_SLOTS, FLOW_CACHE_MIN_SLOTS, FlowKey, FlowStats, KernelLayout, globals, names,
+    CachedFlow, FLOW_CACHE_MAX_SLOTS, FLOW_CACHE_MIN_SLOTS, FlowKey, FlowStats, HOP_LOG_MAX_SLOTS,
+    HOP_LOG_MIN_SLOTS, HopRecord, KernelLayout, globals, names,
 };
 
 /// The kernel programs, built by build.rs for bpfel-unknown-none.
@@ -28,6 +29,9 @@ pub struct LoadOptions {
     /// Keep the capture path (`podtrace capture`, the agent's `/capture`); `None` lets the
     /// verifier remove it, and its maps take no memory.
     pub capture: Option<CaptureLoad>,
+    /// Write the hop log's sequence words with plain stores, which only CPUs that keep stores
+    /// in order for other CPUs allow (x86-64, the default there); else with atomic exchanges.
+    pub ordered_stores: bool,
 }
 
 /// The flow cache's default budget over all CPUs.
@@ -36,9 +40,24 @@ pub const DEFAULT_FLOW_CACHE_BYTES: u64 = 16 << 20;
 /// Slots per CPU of the flow cache: as many as the budget allows over `cpus`, a power of two
 /// between `FLOW_CACHE_MIN_SLOTS` and `FLOW_CACHE_MAX_SLOTS` (the minimum wins over the budget).
 pub fn flow_cache_slots(cpus: u32, budget_bytes: u64) -> u32 {
-    let fit = budget_bytes / (cpus.max(1) as u64 * size_of::<CachedFlow>() as u64);
+    per_cpu_records(cpus, budget_bytes, size_of::<CachedFlow>(), FLOW_CACHE_MIN_SLOTS, FLOW_CACHE_MAX_SLOTS)
+}
+
+/// The hop log's budget over all CPUs (the minimum per CPU wins over it on big nodes).
+pub const HOP_LOG_BYTES: u64 = 2 << 20;
+
+/// Records per CPU of the hop log: as many as `HOP_LOG_BYTES` allows over `cpus`, a power of
+/// two between `HOP_LOG_MIN_SLOTS` and `HOP_LOG_MAX_SLOTS`.
+pub fn hop_log_slots(cpus: u32) -> u32 {
+    per_cpu_records(cpus, HOP_LOG_BYTES, size_of::<HopRecord>(), HOP_LOG_MIN_SLOTS, HOP_LOG_MAX_SLOTS)
+}
+
+/// Records of `record_bytes` per CPU that `budget_bytes` allows over `cpus`, rounded down to a
+/// power of two, at most `max` and at least `min`.
+fn per_cpu_records(cpus: u32, budget_bytes: u64, record_bytes: usize, min: u32, max: u32) -> u32 {
+    let fit = budget_bytes / (cpus.max(1) as u64 * record_bytes as u64);
     let pow2 = if fit == 0 { 0 } else { 1u64 << (63 - fit.leading_zeros()) };
-    (pow2.min(FLOW_CACHE_MAX_SLOTS as u64) as u32).max(FLOW_CACHE_MIN_SLOTS)
+    (pow2.min(max as u64) as u32).max(min)
 }
 
 /// How an object that can capture is loaded.
@@ -62,6 +81,7 @@ impl Default for LoadOptions {
             flow_cache_bytes: DEFAULT_FLOW_CACHE_BYTES,
             cpus: None,
             capture: None,
+            ordered_stores: cfg!(target_arch = "x86_64"),
         }
     }
 }
@@ -76,6 +96,8 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         None => super::maps::possible_cpus()? as u32,
     };
     let slots = flow_cache_slots(cpus, opts.flow_cache_bytes);
+    let hop_slots = hop_log_slots(cpus);
+    let ordered: u8 = opts.ordered_stores.into();
     let armed: u8 = opts.capture.is_some().into();
     let mask = opts.sample_rate.mask();
     let mut loader = EbpfLoader::new();
@@ -89,6 +111,9 @@ pub fn load(opts: &LoadOptions) -> Result<Ebpf> {
         .override_global(globals::FLOW_CACHE_SLOTS, &slots, true)
         .map_max_entries(names::MAP_FLOW_CACHE, cpus * slots)
         .map_max_entries(names::MAP_FLOW_CACHE_USED, cpus * slots / tracer_common::FLOW_CACHE_SLOTS_PER_WORD)
+        .override_global(globals::HOP_LOG_SLOTS, &hop_slots, true)
+        .override_global(globals::ORDERED_STORES, &ordered, true)
+        .map_max_entries(names::MAP_HOP_LOG, cpus * hop_slots)
         .map_max_entries(names::MAP_COUNTERS, cpus)
         .map_max_entries(names::MAP_SIGHTINGS, cpus * tracer_common::SIGHTING_SLOTS);
     match opts.capture {
@@ -149,8 +174,8 @@ pub fn flow_table_bytes(max_flows: u32, cpus: usize) -> u64 {
 
 /// Kernel memory of podtrace's other maps, an upper bound for `cpus` CPUs: per CPU the
 /// sightings (8192 × 72 B) and the drop and retransmission values (8192 × 24 B) stay under
-/// 1 MiB; the hop ring (1 MiB), the drop and retransmission hash elements, the address filter
-/// and the counters under 4 MiB; the flow cache takes its slots (see [`flow_cache_slots`]) and
+/// 1 MiB; the drop and retransmission hash elements, the address filter and the counters
+/// under 4 MiB; the hop log its records (see [`hop_log_slots`]); the flow cache takes its slots (see [`flow_cache_slots`]) and
 /// a bit each for occupancy; an armed capture path its ring, and per CPU a record of the
 /// largest snaplen, 64 stashed copies of 2 KiB and 4096 sightings (under 512 KiB), and the
 /// 65 536 NAT'd tuples (under 8 MiB). Sizes as declared in tracer-ebpf/src/maps.rs and
@@ -160,6 +185,7 @@ pub fn other_maps_bytes(cpus: usize, flow_cache_bytes: u64, capture: Option<Capt
     let capture = capture.map_or(0, |c| c.ring_bytes as u64 + cpus as u64 * (512 << 10) + (8 << 20));
     cpus as u64 * (1 << 20)
         + (4 << 20)
+        + cpus as u64 * hop_log_slots(cpus as u32) as u64 * size_of::<HopRecord>() as u64
         + cache_slots * size_of::<CachedFlow>() as u64
         + cache_slots / 8
         + capture
@@ -257,6 +283,15 @@ mod tests {
             assert!(cpus as u64 * slots as u64 * 88 <= 16 * mib || slots == FLOW_CACHE_MIN_SLOTS);
         }
         assert_eq!(flow_cache_slots(192, 0), FLOW_CACHE_MIN_SLOTS, "the minimum wins");
+    }
+
+    #[test]
+    fn the_hop_log_fits_two_mib_until_the_minimum_per_cpu() {
+        assert_eq!(hop_log_slots(2), 4096, "the maximum on small nodes: 2 × 4096 × 128 B = 1 MiB");
+        assert_eq!(hop_log_slots(8), 2048, "8 × 2048 × 128 B = 2 MiB");
+        assert_eq!(hop_log_slots(96), 128, "96 × 128 × 128 B = 1.5 MiB; 256 would be 3 MiB");
+        assert_eq!(hop_log_slots(192), HOP_LOG_MIN_SLOTS, "192 × 64 × 128 B = 1.5 MiB");
+        assert_eq!(hop_log_slots(1024), HOP_LOG_MIN_SLOTS, "the minimum wins over the budget");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::os::fd::AsFd;
 
 use aya::{
     Ebpf, Pod,
-    maps::{HashMap, Map, MapData, RingBuf},
+    maps::{HashMap, Map, MapData},
 };
 use tracer_common::{CachedFlow, DropKey, DropStats, FlowKey, FlowStats, Tuple, counter, names};
 
@@ -31,7 +31,7 @@ fn per_cpu_hash<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a MapData> {
 }
 
 /// Every entry of a per-CPU hash map with its values folded over CPUs. (Batch operations
-/// exist since Linux 5.6; podtrace's ring buffer already needs 5.8.)
+/// exist since Linux 5.6.)
 fn read_per_cpu<K: Pod, V: Pod, T>(ebpf: &Ebpf, name: &str, fold: impl Fn(&[V]) -> T) -> Result<Vec<(K, T)>> {
     let data = per_cpu_hash(ebpf, name)?;
     let mut out = Vec::new();
@@ -151,12 +151,6 @@ pub fn set_addr_filter(ebpf: &mut Ebpf, addrs: &[std::net::IpAddr]) -> Result<()
         map.insert(&super::addr::to_key(*a), &1, 0).context("writing the address filter")?;
     }
     Ok(())
-}
-
-/// The hop-event ring buffer, taken out of the object so it can be polled on its own.
-pub fn take_hops(ebpf: &mut Ebpf) -> Result<RingBuf<aya::maps::MapData>> {
-    let map = ebpf.take_map(names::MAP_HOPS).ok_or_else(|| anyhow!("HOPS map missing"))?;
-    RingBuf::try_from(map).context("HOPS ring buffer")
 }
 
 #[cfg(test)]

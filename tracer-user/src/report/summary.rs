@@ -9,7 +9,7 @@ use crate::{
 };
 
 /// Kernel counters of traffic podtrace could not record: red when non-zero.
-pub const KERNEL_LOSSES: [&str; 4] = ["flow_map_full", "ringbuf_full", "samples_dropped", "drop_map_full"];
+pub const KERNEL_LOSSES: [&str; 2] = ["flow_map_full", "drop_map_full"];
 
 #[derive(Serialize)]
 pub struct Summary {
@@ -58,7 +58,11 @@ impl Summary {
             .collect();
         s += &format!("counters: {}\n", parts.join(" "));
         s += &format!(
-            "user: hop_events_evicted={} conntrack_evicted={} conntrack_events_dropped={} conntrack_dump_errors={}",
+            "user: {} hop_events_evicted={} conntrack_evicted={} conntrack_events_dropped={} conntrack_dump_errors={}",
+            {
+                let t = format!("hop_events_lost={}", self.user.hop_events_lost);
+                if self.user.hop_events_lost > 0 { style.bad(&t) } else { t }
+            },
             self.user.hop_events_evicted,
             self.user.conntrack_evicted,
             self.user.conntrack_events_dropped,

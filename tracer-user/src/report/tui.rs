@@ -27,6 +27,7 @@ pub fn losses(counters: &Counters, user: &UserCounters) -> Vec<(&'static str, u6
             (*name, at.map_or(0, |i| counters[i]))
         })
         .collect();
+    out.push(("hop_events_lost", user.hop_events_lost));
     out.push(("hop_events_evicted", user.hop_events_evicted));
     out.push(("conntrack_evicted", user.conntrack_evicted));
     out.push(("conntrack_events_dropped", user.conntrack_events_dropped));

@@ -86,7 +86,7 @@ pub fn render(state: &State, api: &[(&'static str, u64)]) -> String {
     let kernel = counter_family::<NameLabel>(
         &mut reg,
         "kernel_events",
-        "Kernel counters, losses included (flow_map_full, ringbuf_full, samples_dropped, ...)",
+        "Kernel counters, losses included (flow_map_full, drop_map_full, ...)",
     );
     let user = counter_family::<NameLabel>(
         &mut reg,

@@ -107,6 +107,7 @@ impl State {
             ("attach_errors", self.attach_errors),
             ("links_attached", self.links_attached),
             ("links_detached", self.links_detached),
+            ("hop_events_lost", self.user.hop_events_lost),
             ("hop_events_evicted", self.user.hop_events_evicted),
             ("conntrack_evicted", self.user.conntrack_evicted),
             ("conntrack_dump_errors", self.user.conntrack_dump_errors),

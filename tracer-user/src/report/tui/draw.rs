@@ -179,7 +179,7 @@ mod tests {
         v.set_groups(group(&flows, &GroupOptions::new(GroupBy::Path, RECORDED_NOW_MS)));
         let status = Status {
             title: "default/web-2".into(),
-            losses: vec![("flow_map_full", 0), ("ringbuf_full", 0)],
+            losses: vec![("flow_map_full", 0), ("hop_events_lost", 0)],
             now_ms: RECORDED_NOW_MS,
             notes: vec![],
         };
@@ -203,7 +203,7 @@ mod tests {
                 .any(|r| r.contains("web-2 → eth0 ⇒ 203.0.113.10:80") && r.contains("SNAT → 198.18.1.10:*"))
         );
         let footer = lines.last().unwrap();
-        assert!(footer.starts_with("losses: flow_map_full=0 ringbuf_full=0"), "{footer}");
+        assert!(footer.starts_with("losses: flow_map_full=0 hop_events_lost=0"), "{footer}");
     }
 
     #[test]
@@ -212,7 +212,7 @@ mod tests {
         status.losses[1].1 = 3;
         let b = screen(&view, &status, true);
         let y = b.area.height - 1;
-        assert!(text(&b)[y as usize].starts_with("⚠ LOSSES: flow_map_full=0 ringbuf_full=3"));
+        assert!(text(&b)[y as usize].starts_with("⚠ LOSSES: flow_map_full=0 hop_events_lost=3"));
         assert_eq!(b[(0, y)].bg, Color::Red);
         let plain = screen(&view, &status, false);
         assert!(text(&plain)[y as usize].starts_with("⚠ LOSSES"));
