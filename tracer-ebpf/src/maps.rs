@@ -132,7 +132,8 @@ pub struct SightingSlot {
 /// Hop events (the same packet at two consecutive hooks), a log per CPU that user space reads
 /// in place (see `tracer_common::HopRecord`): CPU `c` owns records `c * slots ..`, sized by user
 /// space for the possible CPUs and a memory budget. A record is written with plain stores
-/// into this CPU's own records: no lock, no read of anything user space writes (a ring
+/// (its two sequence-word stores are atomic exchanges where the CPU does not keep stores in
+/// order) into this CPU's own records: no lock, no read of anything user space writes (a ring
 /// buffer's reserve reads the consumer position, takes a spinlock and exchanges the record's
 /// header, each a cache line another CPU touched), so the stores retire without stalling the
 /// program. The price: the kernel does not know what user space has read, so an event is

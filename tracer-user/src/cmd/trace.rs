@@ -102,7 +102,7 @@ async fn follow(
         };
         match wake {
             Wake::Stop => break,
-            // Hop events are drained as soon as the kernel signals them, not on a timer.
+            // The hop log is drained on its own timer (`HOP_DRAIN_EVERY`), without a redraw.
             Wake::Hops => {
                 session.drain_hops();
                 continue;
