@@ -24,6 +24,14 @@ Figure 3's own method (`--kernel-cost-only`), the same hour: the ring-buffer bui
 The ratios of both builds were lower than in the full run at 198b87e (1.57×), so only
 differences measured side by side say what the change did.
 
+Throughput was checked the same way after the full run at ee0160f put podtrace at 0.970 of
+untraced TCP: untraced, the ring-buffer build and the hop-log build in rotating order, 4 s of
+iperf3 each, the hop-log build's figure divided by the ring-buffer build's of the same round.
+UDP 64-byte packet rate: medians 0.945 (9 rounds, 7 below 1) and then 0.997 (12 rounds, range
+0.910–1.132); TCP: 1.026 (9 rounds, 0.963–1.159). A hop-log build draining every 100 ms
+instead of 20 ms against the 20 ms one: 0.999 (9 rounds). No difference shows above the
+rounds' spread.
+
 **2026-12-03 (afternoon): a parser for the common case, one counters lookup per run, and what
 sampling costs.** Candidates are now compared the way figure 3 compares podtrace with the empty
 program: two podtrace builds trace web-2 at once, on the same six hooks, and each round
