@@ -85,11 +85,6 @@ impl HopLog {
         HopLog { base, _backing: Backing::Owned(records), slots, next: vec![1; cpus as usize] }
     }
 
-    /// Records per CPU.
-    pub fn slots(&self) -> u32 {
-        self.slots
-    }
-
     fn record(&self, cpu: usize, seq: u64) -> *mut HopRecord {
         let index = cpu * self.slots as usize + (seq & (self.slots as u64 - 1)) as usize;
         // SAFETY: index < cpus * slots, inside the records.

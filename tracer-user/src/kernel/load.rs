@@ -173,7 +173,7 @@ pub fn flow_table_bytes(max_flows: u32, cpus: usize) -> u64 {
 }
 
 /// Kernel memory of podtrace's other maps, an upper bound for `cpus` CPUs: per CPU the
-/// sightings (8192 × 72 B) and the drop and retransmission values (8192 × 24 B) stay under
+/// sightings (8 × 64 B) and the drop and retransmission values (8192 × 24 B) stay under
 /// 1 MiB; the drop and retransmission hash elements, the address filter and the counters
 /// under 4 MiB; the hop log its records (see [`hop_log_slots`]); the flow cache takes its slots (see [`flow_cache_slots`]) and
 /// a bit each for occupancy; an armed capture path its ring, and per CPU a record of the
